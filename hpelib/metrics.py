@@ -1,0 +1,88 @@
+"""Head pose errors, computed per sample and then averaged.
+
+Per-angle absolute error
+    A rotation has two (yaw, pitch, roll) triplets under R = Rz Ry Rx (see
+    :func:`hpelib.angles.alternative_euler`). For each sample the prediction is
+    written in the triplet closer to the ground truth (smaller sum of wrapped
+    absolute differences), and each angle difference is wrapped into
+    [-180, 180) before taking its absolute value. A prediction of yaw 179 for a
+    label of -179 therefore costs 2 degrees, and a prediction that equals the
+    label's other triplet costs nothing.
+
+Geodesic error
+    The angle of the rotation between the predicted and true matrices; it has
+    no representation ambiguity at all.
+
+Means are taken over samples, so the figures do not depend on the batch size
+used to compute them (see :class:`PoseErrorMeter`).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .angles import alternative_euler, euler_to_matrix, geodesic_degrees, wrap_degrees
+
+ANGLE_NAMES = ("yaw", "pitch", "roll")
+
+
+def angle_errors(pred, target) -> np.ndarray:
+    """Per-sample absolute errors ``[N, 3]`` (yaw, pitch, roll) in degrees."""
+    p = np.asarray(torch.as_tensor(pred).detach().cpu(), dtype=np.float64).reshape(-1, 3)
+    t = np.asarray(torch.as_tensor(target).detach().cpu(), dtype=np.float64).reshape(-1, 3)
+    if p.shape != t.shape:
+        raise ValueError(f"predictions {p.shape} and targets {t.shape} differ in shape")
+    direct = np.abs(wrap_degrees(p - t))
+    other = np.abs(wrap_degrees(alternative_euler(p) - t))
+    use_other = other.sum(1) < direct.sum(1)
+    return np.where(use_other[:, None], other, direct)
+
+
+def geodesic_errors(pred, target) -> np.ndarray:
+    """Per-sample geodesic errors ``[N]`` in degrees, from Euler angles or ``[N, 3, 3]`` matrices."""
+    p = np.asarray(torch.as_tensor(pred).detach().cpu(), dtype=np.float64)
+    t = np.asarray(torch.as_tensor(target).detach().cpu(), dtype=np.float64)
+    if p.shape[-1] == 3 and p.ndim == 2:
+        p = euler_to_matrix(p)
+    if t.shape[-1] == 3 and t.ndim == 2:
+        t = euler_to_matrix(t)
+    return geodesic_degrees(p, t)
+
+
+def summarize(pred, target) -> dict:
+    """Mean errors: ``yaw``, ``pitch``, ``roll``, ``mae`` (mean of the three) and ``geodesic``, plus ``n``."""
+    e = angle_errors(pred, target)
+    g = geodesic_errors(pred, target)
+    return summarize_errors(e, g)
+
+
+def summarize_errors(angle_err: np.ndarray, geo_err: np.ndarray) -> dict:
+    if len(angle_err) == 0:
+        raise ValueError("no samples to summarize")
+    means = angle_err.mean(0)
+    out = {name: float(v) for name, v in zip(ANGLE_NAMES, means)}
+    out["mae"] = float(means.mean())
+    out["geodesic"] = float(np.mean(geo_err))
+    out["n"] = int(len(angle_err))
+    return out
+
+
+class PoseErrorMeter:
+    """Accumulates per-sample predictions and targets over batches."""
+
+    def __init__(self):
+        self.preds: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+
+    def update(self, pred, target) -> None:
+        self.preds.append(np.asarray(torch.as_tensor(pred).detach().float().cpu(), dtype=np.float64).reshape(-1, 3))
+        self.targets.append(np.asarray(torch.as_tensor(target).detach().float().cpu(), dtype=np.float64).reshape(-1, 3))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.preds:
+            return np.zeros((0, 3)), np.zeros((0, 3))
+        return np.concatenate(self.preds), np.concatenate(self.targets)
+
+    def compute(self) -> dict:
+        p, t = self.arrays()
+        return summarize(p, t)
