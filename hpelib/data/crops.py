@@ -1,0 +1,131 @@
+"""Face boxes and crops: landmark boxes, the Hopenet/6DRepNet enlargement, cropping.
+
+Boxes are float ``(x0, y0, x1, y1)`` in image pixels (x right, y down).
+
+Enlargement (``enlarge_box``)
+    The reference loaders grow the tight landmark box side by side, each side
+    by a factor times ``k`` times the *current* width or height. Because the
+    sides are updated in order (left, top, right, bottom), the right and
+    bottom sides see the already-grown width/height; we reproduce that
+    sequential formula exactly. Factors ``(left, top, right, bottom)``:
+
+    * 300W-LP training (6DRepNet ``Pose_300W_LP``): ``(0.6, 2, 0.6, 0.6)``
+      with ``k`` uniform in ``[0.2, 0.4)``.
+    * AFLW2000 test (Hopenet/6DRepNet ``AFLW2000``): ``(2, 2, 2, 0.6)`` with
+      ``k = 0.2``.
+
+    Every side moves outwards monotonically with ``k``, so the box for any
+    ``k`` lies inside the box for a larger ``k``: the decoded-crop cache keeps
+    the ``k = 0.4`` crop and cuts the random ``k`` out of it.
+
+Cropping (``crop_resize``)
+    Parts of a box outside the image are filled with black (as PIL's
+    ``Image.crop``, which the references use); sub-pixel box positions are
+    honoured (no rounding to integers), then the box is resized to a square
+    with Pillow's antialiased bilinear filter.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+from .errors import DataError
+
+__all__ = [
+    "LP300W_FACTORS",
+    "AFLW2000_FACTORS",
+    "load_image",
+    "landmark_box",
+    "enlarge_box",
+    "box_in_box",
+    "crop_resize",
+]
+
+LP300W_FACTORS = (0.6, 2.0, 0.6, 0.6)
+AFLW2000_FACTORS = (2.0, 2.0, 2.0, 0.6)
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file into an RGB PIL image; unreadable files raise :class:`DataError`."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found; check the data folder (see data/README.md)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: cannot decode image ({e}); the file is corrupt or not an image: "
+                        "re-download it or remove it from the folder") from e
+
+
+def landmark_box(pt2d, drop_invisible: bool = True, where: str = "landmarks") -> np.ndarray:
+    """Tight box ``(x0, y0, x1, y1)`` of 2D landmarks ``[2, L]`` (row 0 = x, row 1 = y).
+
+    ``drop_invisible`` ignores landmarks with a negative coordinate (AFLW2000
+    marks invisible ones with -1; Hopenet/6DRepNet keep them, which stretches
+    the box to the image corner). ``where`` names the source in errors.
+    """
+    pts = np.asarray(pt2d, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[0] != 2 or pts.shape[1] < 2:
+        raise DataError(f"{where}: landmarks must have shape [2, L] with L >= 2, got {pts.shape}; "
+                        "the label file is not in the 300W-LP/AFLW2000-3D format")
+    if drop_invisible:
+        pts = pts[:, (pts >= 0).all(axis=0)]
+    pts = pts[:, np.isfinite(pts).all(axis=0)]
+    if pts.shape[1] < 2:
+        raise DataError(f"{where}: fewer than 2 visible landmarks, cannot build a face box; "
+                        "remove this sample or pass drop_invisible_landmarks=False")
+    box = np.array([pts[0].min(), pts[1].min(), pts[0].max(), pts[1].max()])
+    if box[2] <= box[0] or box[3] <= box[1]:
+        raise DataError(f"{where}: landmarks span an empty box {box.tolist()}; the label file is corrupt")
+    return box
+
+
+def enlarge_box(box, k, factors=LP300W_FACTORS) -> np.ndarray:
+    """Grow ``box`` (``[..., 4]``) by ``k`` with the reference loaders' sequential formula.
+
+    ``x0 -= l*k*w; y0 -= t*k*h; x1 += r*k*(x1 - x0); y1 += b*k*(y1 - y0)``
+    where the last two use the already-moved ``x0``/``y0``.
+    """
+    b = np.array(box, dtype=np.float64)  # copy
+    k = np.asarray(k, dtype=np.float64)
+    left, top, right, bottom = factors
+    x0, y0, x1, y1 = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+    x0 = x0 - left * k * np.abs(x1 - x0)
+    y0 = y0 - top * k * np.abs(y1 - y0)
+    x1 = x1 + right * k * np.abs(x1 - x0)
+    y1 = y1 + bottom * k * np.abs(y1 - y0)
+    return np.stack([x0, y0, x1, y1], -1)
+
+
+def box_in_box(inner, outer, size: int) -> np.ndarray:
+    """Coordinates of ``inner`` in the pixels of ``outer`` resized to ``size x size``."""
+    inner = np.asarray(inner, dtype=np.float64)
+    ox0, oy0, ox1, oy1 = (float(v) for v in outer)
+    sx, sy = size / (ox1 - ox0), size / (oy1 - oy0)
+    out = np.array([(inner[0] - ox0) * sx, (inner[1] - oy0) * sy, (inner[2] - ox0) * sx, (inner[3] - oy0) * sy])
+    return np.clip(out, 0.0, float(size))
+
+
+def crop_resize(image, box, size: int) -> np.ndarray:
+    """Crop ``box`` out of ``image`` (PIL image or uint8 ``[H, W, 3]``), resize to uint8 ``[size, size, 3]``.
+
+    ``box=None`` takes the whole image. Outside the image is black.
+    """
+    if isinstance(image, np.ndarray):
+        if box is None and image.shape[:2] == (size, size):
+            return np.ascontiguousarray(image)
+        image = Image.fromarray(np.ascontiguousarray(image))
+    if box is None:
+        box = (0.0, 0.0, float(image.width), float(image.height))
+    x0, y0, x1, y1 = (float(v) for v in box)
+    if not (x1 > x0 and y1 > y0):
+        raise ValueError(f"empty crop box {box}")
+    ix0, iy0 = math.floor(x0), math.floor(y0)
+    ix1, iy1 = max(math.ceil(x1), ix0 + 1), max(math.ceil(y1), iy0 + 1)
+    if (ix0, iy0, ix1, iy1) != (0, 0, image.width, image.height):
+        image = image.crop((ix0, iy0, ix1, iy1))
+    out = image.resize((size, size), Image.BILINEAR, box=(x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0))
+    return np.asarray(out, dtype=np.uint8)

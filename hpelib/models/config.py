@@ -1,0 +1,95 @@
+"""``ModelConfig``: what :func:`hpelib.models.build_model` builds, as a plain, saveable dataclass."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+
+from hpelib.ssl import TASKS, task_options
+
+from .backbones import BACKBONES
+from .heads import POSE_HEADS
+
+__all__ = ["ModelConfig"]
+
+_NONE_NAMES = (None, "none", "None", "null", "")
+
+
+@dataclass
+class ModelConfig:
+    """The model of a run.
+
+    * ``backbone``: ``resnet50`` (paper), ``resnet18``, ``resnet18-narrow`` (CPU);
+    * ``init``: ``random``, ``imagenet``, or the path of an hpelib checkpoint whose
+      backbone weights initialise this backbone (SSL pre-training -> fine-tuning);
+    * ``pose_head``: ``binned`` (Hopenet), ``regression``, ``6d`` (6DRepNet) or
+      ``None`` (no pose head: SSL pre-training); ``pose_options`` are the head's
+      keyword options (``binned``: ``alpha``, ``num_bins``, ``bin_width``, ``low``;
+      ``regression``: ``loss`` ``"l1"|"mse"``, ``scale``; ``6d``: none);
+    * ``pose_weight``: weight of the pose loss in the total;
+    * ``ssl_tasks``: ``{name: {"weight": w, **task options}}`` (weight defaults to 1),
+      names ``rotation``, ``jigsaw``, ``jigsaw_perm``, ``simclr``, ``barlow``; a list
+      of names means weight 1 and default options each.
+    """
+
+    backbone: str = "resnet50"
+    init: str = "random"
+    pose_head: str | None = "binned"
+    pose_options: dict = field(default_factory=dict)
+    pose_weight: float = 1.0
+    ssl_tasks: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.pose_head in _NONE_NAMES:
+            self.pose_head = None
+        if isinstance(self.ssl_tasks, (list, tuple)):
+            self.ssl_tasks = {name: {"weight": 1.0} for name in self.ssl_tasks}
+        if self.ssl_tasks is None:
+            self.ssl_tasks = {}
+        self.ssl_tasks = {name: ({} if opts is None else dict(opts)) for name, opts in dict(self.ssl_tasks).items()}
+        self.pose_options = dict(self.pose_options or {})
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a model config must be a dict, got {type(d).__name__}")
+        valid = [f.name for f in fields(cls)]
+        bad = sorted(set(d) - set(valid))
+        if bad:
+            raise ValueError(f"unknown model config key(s) {bad}; valid keys: {valid}")
+        return cls(**copy.deepcopy(d))
+
+    def to_dict(self) -> dict:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+    def task_weights(self) -> dict:
+        return {name: float(opts.get("weight", 1.0)) for name, opts in self.ssl_tasks.items()}
+
+    def task_kwargs(self, name: str) -> dict:
+        return {k: v for k, v in self.ssl_tasks[name].items() if k != "weight"}
+
+    def validate(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choices: {list(BACKBONES)}")
+        if not isinstance(self.init, str) or not self.init:
+            raise ValueError(f"init must be 'random', 'imagenet' or a checkpoint path, got {self.init!r}")
+        if self.init == "imagenet" and self.backbone == "resnet18-narrow":
+            raise ValueError("init='imagenet' is not available for backbone 'resnet18-narrow' (no pretrained "
+                             "weights exist for it); use init='random', a checkpoint path, or backbone 'resnet18'")
+        if self.pose_head is not None and self.pose_head not in POSE_HEADS:
+            raise ValueError(f"unknown pose_head {self.pose_head!r}; choices: {list(POSE_HEADS) + [None]}")
+        if self.pose_head is None and self.pose_options:
+            raise ValueError(f"pose_options {self.pose_options} given but pose_head is None")
+        if not float(self.pose_weight) >= 0:
+            raise ValueError(f"pose_weight must be >= 0, got {self.pose_weight!r}")
+        for name, opts in self.ssl_tasks.items():
+            if name not in TASKS:
+                raise ValueError(f"unknown SSL task {name!r} in ssl_tasks; choices: {sorted(TASKS)}")
+            valid = ["weight"] + task_options(name)
+            bad = sorted(set(opts) - set(valid))
+            if bad:
+                raise ValueError(f"unknown option(s) {bad} for SSL task {name!r}; valid options: {valid}")
+            if not float(opts.get("weight", 1.0)) >= 0:
+                raise ValueError(f"ssl_tasks.{name}.weight must be >= 0, got {opts.get('weight')!r}")
+        if self.pose_head is None and not self.ssl_tasks:
+            raise ValueError("the model has neither a pose head nor SSL tasks: nothing to train")

@@ -1,0 +1,70 @@
+"""SimCLR (Chen et al., 2020): two augmented views per image, NT-Xent contrastive loss.
+
+Views: ``[2B, C, H, W]`` = ``cat([aug(x), aug(x)])`` (first all first views,
+then all second views) with the pose-preserving augmentations of
+:mod:`hpelib.ssl.augment` (options in ``augment={...}``); targets: ``[2B]``
+image index of each view.
+
+Head: the projection MLP ``Linear(feat_dim, hidden) -> ReLU -> Linear(hidden,
+out_dim)`` (SimCLR v1, 2 layers; defaults hidden 512, out 128). The loss is
+computed on the projections; the backbone feature is the representation.
+
+Loss: NT-Xent (normalized temperature-scaled cross-entropy). With ``z`` the
+L2-normalized projections of the 2N views and ``s_ij = z_i . z_j / tau``, each
+view's positive is the other view of its image and all other 2N - 2 views are
+negatives; ``loss = mean_i -log(exp(s_ip) / sum_{j != i} exp(s_ij))``.
+Default temperature 0.5 (SimCLR's value for small batches, e.g. its CIFAR-10
+experiments; it uses 0.1 only with batches of thousands).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import AugmentConfig, augment
+from .base import SSLTask, check_images, match_memory_format
+
+__all__ = ["SimCLRTask", "nt_xent"]
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent loss of ``N`` positive pairs ``(z1[i], z2[i])``, both ``[N, D]`` (not necessarily normalized)."""
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"nt_xent needs two [N, D] tensors of equal shape, got {tuple(z1.shape)}, {tuple(z2.shape)}")
+    n = z1.shape[0]
+    if n < 2:
+        raise ValueError("nt_xent needs at least 2 pairs (a batch of >= 2 images) to have negatives")
+    z = F.normalize(torch.cat([z1, z2], 0).float(), dim=1)
+    sim = z @ z.t() / float(temperature)
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, positive)
+
+
+class SimCLRTask(SSLTask):
+    name = "simclr"
+
+    def __init__(self, feat_dim: int, temperature: float = 0.5, hidden: int = 512, out_dim: int = 128,
+                 augment: dict | None = None):
+        super().__init__(feat_dim)
+        if float(temperature) <= 0:
+            raise ValueError(f"simclr: temperature must be > 0, got {temperature!r}")
+        self.temperature = float(temperature)
+        self.augment_config = AugmentConfig.from_dict(augment)
+        self.projector = nn.Sequential(nn.Linear(self.feat_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
+
+    def make_views(self, images: torch.Tensor, generator: torch.Generator | None = None):
+        check_images(images, "simclr")
+        b = images.shape[0]
+        views = torch.cat([augment(images, generator, self.augment_config),
+                           augment(images, generator, self.augment_config)], 0)
+        targets = torch.arange(b, device=images.device).repeat(2)
+        return match_memory_format(views, images), targets
+
+    def loss(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.projector(features)
+        n = z.shape[0] // 2
+        if z.shape[0] != 2 * n:
+            raise ValueError(f"simclr: expected features of 2N views, got {z.shape[0]}")
+        return nt_xent(z[:n], z[n:], self.temperature)
