@@ -257,7 +257,7 @@ def test_augment_identity_flip_and_determinism():
 
 
 def test_augment_colour_stays_in_image_range_and_grayscale_is_gray():
-    from hpelib.ssl.augment import IMAGENET_MEAN, IMAGENET_STD
+    from hpelib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     x = _batch(4, 20)

@@ -32,11 +32,10 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "augment", "IMAGENET_MEAN", "IMAGENET_STD"]
+from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
-# The normalization of hpelib.data.transforms (torchvision's ImageNet statistics).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["AugmentConfig", "augment"]
+
 _GRAY = (0.299, 0.587, 0.114)
 
 

@@ -1,0 +1,142 @@
+"""DistributedDataParallel plumbing for runs launched with ``torchrun``.
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and the rendezvous
+address); when they are present the engine joins the process group (NCCL on
+CUDA, Gloo on CPU), gives each process the GPU ``cuda:LOCAL_RANK``, wraps the
+model in DDP and shards the data with a ``DistributedSampler``. Only rank 0
+writes files and shows progress bars.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    created_group: bool = False  # we initialized the group, so we destroy it
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1 or dist.is_initialized()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group when launched by torchrun; returns the info and this process's device.
+
+    If a group is already initialized (e.g. by the caller) it is used as is and
+    left for the caller to destroy.
+    """
+    if dist.is_available() and dist.is_initialized():
+        info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    elif launched_by_torchrun() and dist.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend=backend)
+        info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, created_group=True)
+    else:
+        return DistInfo(), device
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    return info, device
+
+
+def teardown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+        if info.created_group:
+            dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def any_true(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any rank (so all ranks stop together)."""
+    if not (info.enabled and dist.is_initialized()):
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    if not (info.enabled and dist.is_initialized()):
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, info: DistInfo):
+    if not (info.enabled and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sync_buffers(model: nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward, so after the last step
+    of an epoch every rank holds statistics updated with its own shard; this
+    makes the ranks agree (and equal the checkpoint rank 0 writes).
+    """
+    if not (info.enabled and dist.is_initialized()):
+        return
+    for buf in model.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
+class LossForward(nn.Module):
+    """Routes ``model.losses`` through ``forward`` so DistributedDataParallel sees it.
+
+    DDP only synchronizes gradients for computations made inside the wrapped
+    module's ``forward``; the HMTL model exposes ``losses(images, poses,
+    generator)`` instead, so this wrapper's ``forward`` calls it.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, poses, generator=None):
+        return self.model.losses(images, poses, generator=generator)
+
+
+def wrap(model: nn.Module, info: DistInfo, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
+    """``LossForward(model)``, inside DDP when distributed.
+
+    ``find_unused_parameters`` comes from ``TrainConfig.ddp_find_unused_parameters``
+    (off: the HMTL model uses every parameter in every step).
+    """
+    module = LossForward(model)
+    if not info.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if device.type == "cuda":
+        return DDP(module, device_ids=[device.index], output_device=device.index,
+                   find_unused_parameters=find_unused_parameters)
+    return DDP(module, find_unused_parameters=find_unused_parameters)

@@ -1,0 +1,237 @@
+"""hpelib.engine: config, schedule, train/pretrain/evaluate, checkpoints, exact resume, NaN guard."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hpelib.data import build_dataset
+from hpelib.engine import TrainConfig, evaluate, load_checkpoint, pretrain, train
+from hpelib.engine import checkpoint as C
+from hpelib.engine.cli import main as cli_main
+from hpelib.engine.config import LRSchedule
+from hpelib.models import HMTLModel
+
+SIZE = 32
+MODEL = {"backbone": "resnet18-narrow", "pose_head": "regression", "ssl_tasks": {"rotation": {"weight": 0.5}}}
+
+
+class TinyPoses(torch.utils.data.Dataset):
+    """A small labelled set whose 'augmentation' is a pure function of (seed, epoch, index)."""
+
+    def __init__(self, n=8, seed=0, unlabeled=()):
+        g = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(n, 3, SIZE, SIZE, generator=g)
+        self.poses = ((torch.rand(n, 3, generator=g) - 0.5) * 60).numpy()
+        self.poses[list(unlabeled)] = np.nan
+        self.names = [f"img{i:03d}" for i in range(n)]
+        self.seed, self.epoch, self.epochs_seen = seed, 0, []
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+        self.epochs_seen.append(epoch)
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        noise = torch.from_numpy(rng.normal(0, 0.1, (3, SIZE, SIZE)).astype(np.float32))
+        return self.images[i] + noise, torch.from_numpy(self.poses[i].copy())
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a small shared CPU, OpenMP threads fighting for cores make these
+    tiny steps up to 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def synthetic(root, split="train", n=8, train=True):
+    """The package's rendered-heads data set, recording the epochs it is told about."""
+    ds = build_dataset("synthetic", root=root, split=split, image_size=SIZE, n=n, train=train, seed=7)
+    ds.epochs_seen = []
+    set_epoch = ds.set_epoch
+
+    def recording(epoch):
+        ds.epochs_seen.append(epoch)
+        set_epoch(epoch)
+
+    ds.set_epoch = recording
+    return ds
+
+
+def tcfg(**kw):
+    base = dict(epochs=2, batch_size=4, lr=1e-3, seed=3, device="cpu", progress=False, warmup_epochs=0.5)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(path):
+    return C.read(path)["model"]
+
+
+# --- TrainConfig and schedule -------------------------------------------------
+
+def test_train_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['epoch'\].*valid keys.*'epochs'"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig.from_dict({"optimizer": "lamb"})
+    with pytest.raises(ValueError, match="schedule"):
+        TrainConfig(schedule="poly")
+    cfg = TrainConfig.from_dict({"epochs": 3, "amp": False, "device": "cpu"})
+    assert cfg.amp == "off" and cfg.epochs == 3
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    cpu = torch.device("cpu")
+    assert not TrainConfig().use_amp(cpu) and not TrainConfig().use_channels_last(cpu)
+    assert TrainConfig().use_amp(torch.device("cuda")) and TrainConfig().use_channels_last(torch.device("cuda"))
+
+
+def test_lr_schedules():
+    cos = LRSchedule(TrainConfig(epochs=4, schedule="cosine", warmup_epochs=1), steps_per_epoch=10)
+    assert cos(0) == pytest.approx(0.1) and cos(9) == pytest.approx(1.0)
+    assert cos(10) == pytest.approx(1.0) and cos(25) == pytest.approx(0.5)
+    assert cos(39) > 0 and cos(40) == pytest.approx(0.0)
+    step = LRSchedule(TrainConfig(epochs=6, schedule="step", step_size=2, gamma=0.5), steps_per_epoch=3)
+    assert [step(s) for s in (0, 5, 6, 11, 12)] == pytest.approx([1, 1, 0.5, 0.5, 0.25])
+    assert LRSchedule(TrainConfig(schedule="none"), 5)(17) == 1.0
+
+
+# --- training, resume, files ----------------------------------------------------
+
+def test_resume_is_exact_and_finished_run_is_not_retrained(tmp_path, monkeypatch, synth_root):
+    full_set, val_set = synthetic(synth_root), synthetic(synth_root, "test", n=4, train=False)
+    full = train(MODEL, full_set, val_set, tcfg(), tmp_path / "full")
+    assert full["finished"] and full_set.epochs_seen == [0, 1]
+
+    seen = []
+    part = train(MODEL, synthetic(synth_root), val_set, tcfg(), tmp_path / "split", stop_after_epoch=1,
+                 on_epoch_end=lambda info: seen.append(info["epoch"]))
+    assert not part["finished"] and seen == [1]
+    assert C.read(tmp_path / "split" / "checkpoint.pt")["epoch"] == 1
+    assert not (tmp_path / "split" / "model.pt").exists()
+    resumed_set = synthetic(synth_root)
+    resumed = train(MODEL, resumed_set, val_set, tcfg(num_workers=0, log_every=1), tmp_path / "split")
+    assert resumed_set.epochs_seen == [1]  # only the missing epoch ran
+
+    a, b = weights(tmp_path / "full" / "model.pt"), weights(tmp_path / "split" / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["val"] == full["val"] and resumed["train_loss"] == full["train_loss"]
+    assert full["val"]["n"] == 4 and math.isfinite(full["val"]["mae"])
+
+    # files of a finished run
+    d = tmp_path / "full"
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["train_time_s"] > 0 and metrics["val_mae"] == full["val"]["mae"]
+    assert set(full["train_loss"]) == {"pose", "rotation", "total"}
+    hist = json.loads((d / "history.json").read_text())
+    assert [e["epoch"] for e in hist["epochs"]] == [1, 2] and hist["train_config"]["seed"] == 3
+    assert all(e["lr"] > 0 and e["images_per_s"] > 0 and e["val"] for e in hist["epochs"])
+    ckpt = C.read(d / "checkpoint.pt")
+    assert {"model", "model_config", "optimizer", "scheduler", "epoch", "history", "rng", "train_config"} <= set(ckpt)
+
+    # a finished run returns its stored result without training
+    monkeypatch.setattr("hpelib.engine.loop._train_epoch", lambda *a, **k: pytest.fail("retrained"))
+    assert train(MODEL, full_set, val_set, tcfg(), d) == full
+
+    # a different run in the same folder is refused
+    with pytest.raises(ValueError, match=r"train_config differs in \['lr'\].*resume=False"):
+        train(MODEL, full_set, val_set, tcfg(lr=1e-2), d)
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = HMTLModel.losses
+
+    def poisoned(self, images, poses=None, generator=None):
+        out = original(self, images, poses, generator)
+        calls["n"] += 1
+        if calls["n"] == 4:  # epoch 2, step 2 (2 steps per epoch)
+            out["rotation"] = out["rotation"] * float("nan")
+            out["total"] = out["total"] + out["rotation"]
+        return out
+
+    monkeypatch.setattr(HMTLModel, "losses", poisoned)
+    with pytest.raises(FloatingPointError, match=r"epoch 2, step 2 in loss component\(s\) rotation=nan"):
+        train(MODEL, TinyPoses(), None, tcfg(), tmp_path)
+    assert C.read(tmp_path / "checkpoint.pt")["epoch"] == 1  # the last good epoch is kept
+
+
+def test_pretrain_ignores_labels_and_feeds_fine_tuning(tmp_path):
+    ssl_cfg = {"backbone": "resnet18-narrow", "pose_head": None, "ssl_tasks": {"rotation": {}}}
+    with pytest.raises(ValueError, match="pose_head=None"):
+        pretrain(MODEL, TinyPoses(), tcfg(epochs=1), tmp_path / "bad")
+    res = pretrain(ssl_cfg, TinyPoses(), tcfg(epochs=1, max_steps_per_epoch=1), tmp_path / "ssl")
+    assert set(res["train_loss"]) == {"rotation", "total"} and res["val"] is None
+    pre = weights(tmp_path / "ssl" / "model.pt")
+    model = load_checkpoint(tmp_path / "ssl")
+    assert torch.equal(model.state_dict()["backbone.conv1.weight"], pre["backbone.conv1.weight"])
+
+    fine_cfg = dict(MODEL, init=str(tmp_path / "ssl" / "model.pt"))
+    out = train(fine_cfg, TinyPoses(), None, tcfg(epochs=1, lr=1e-9, optimizer="sgd", momentum=0.0,
+                                                 max_steps_per_epoch=1), tmp_path / "ft")
+    assert out["finished"]
+    ft = weights(tmp_path / "ft" / "model.pt")
+    # a near-zero learning rate leaves the pre-trained convolution in place
+    assert torch.allclose(ft["backbone.conv1.weight"], pre["backbone.conv1.weight"], atol=1e-6)
+
+
+def test_evaluate_writes_predictions_and_metrics(tmp_path):
+    run = tmp_path / "run"
+    train(MODEL, TinyPoses(), None, tcfg(epochs=1, max_steps_per_epoch=1), run)
+    test_set = TinyPoses(n=10, seed=5, unlabeled=(2, 7))
+    metrics = evaluate(run / "model.pt", test_set, out_dir=run, batch_size=4, progress=False)
+    assert metrics["n"] == 8
+
+    with open(run / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["name"] for r in rows] == test_set.names
+    assert rows[2]["yaw_err"] == "" and rows[2]["geodesic_err"] == ""  # unlabeled: prediction only
+    labeled = [r for r in rows if r["yaw_err"]]
+    for angle in ("yaw", "pitch", "roll"):
+        assert np.mean([float(r[f"{angle}_err"]) for r in labeled]) == pytest.approx(metrics[angle], rel=1e-5)
+    assert float(rows[0]["yaw_true"]) == pytest.approx(test_set.poses[0, 0], abs=1e-4)
+
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["mae"] == metrics["mae"] and saved["train_time_s"] > 0  # training keys kept
+
+    model = load_checkpoint(run)
+    again = evaluate(model, test_set, batch_size=16, progress=False)  # batch size does not matter
+    assert again == pytest.approx(metrics)
+    with pytest.raises(ValueError, match="no labeled sample"):
+        evaluate(model, TinyPoses(n=4, unlabeled=range(4)), progress=False)
+
+
+def test_cli_trains_and_tests_from_a_config_file(tmp_path, synth_root, capsys):
+    data = {"name": "synthetic", "root": str(synth_root), "image_size": SIZE, "seed": 7}
+    config = {
+        "out_dir": str(tmp_path / "cli_run"),
+        "model": {"backbone": "resnet18-narrow", "pose_head": "binned"},
+        "train": {"epochs": 1, "batch_size": 4, "device": "cpu", "progress": False, "max_steps_per_epoch": 1},
+        "train_data": dict(data, split="train", n=8),
+        "test_data": dict(data, split="test", n=4, train=False),
+    }
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    assert cli_main(["train", "--config", str(path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "cli_run" / "metrics.json").read_text())
+    assert saved["n"] == 4 and saved["mae"] == printed["test"]["mae"] and saved["train_time_s"] > 0
+    assert len((tmp_path / "cli_run" / "predictions.csv").read_text().splitlines()) == 5
+
+    path.write_text(json.dumps(dict(config, extra=1)))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['extra'\]"):
+        cli_main(["train", "--config", str(path)])
