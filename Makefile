@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hpelib-installed
 STUDY  ?= studies/default.yaml
 OUT    ?= results/default
-JOBS   ?= 1
+JOBS   ?= 2
 PYTEST_ARGS ?=
 
 .PHONY: study test lab benchmark venv clean-venv

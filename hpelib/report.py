@@ -4,7 +4,8 @@ A study writes one folder per run (anywhere under a results folder, nested or
 not). A folder is a *run* when it holds ``config.json``; it is *complete* when
 it also holds a ``metrics.json`` with the metric keys :data:`METRIC_KEYS`.
 Incomplete runs (crashed, still running) are skipped with one warning that
-lists them.
+lists them; SSL pre-training runs (``"kind": "pretrain"`` in ``config.json``)
+are skipped silently: they have no pose metrics.
 
 ``config.json``
     ``run`` (id; default: the folder path relative to the results folder),
@@ -162,6 +163,8 @@ def collect(results_dir: str | os.PathLike) -> pd.DataFrame:
             continue
         try:
             cfg = read_json(cfg_path)
+            if cfg.get("kind") == "pretrain":  # SSL pre-training: no pose metrics by design
+                continue
             blocks = _metric_blocks(read_json(met_path), cfg.get("test_set"))
         except (ValueError, OSError) as e:  # JSONDecodeError is a ValueError
             skipped.append(f"{rel} (unreadable: {e})")
@@ -572,19 +575,25 @@ def _by_test_set(df: pd.DataFrame, test_set):
     return sets, df.assign(test_set=df["test_set"].astype(str))
 
 
+def _main_label_fraction(df: pd.DataFrame) -> float:
+    variants = df.groupby("label_fraction")[["scenario", "method"]].apply(lambda g: len(g.drop_duplicates()))
+    return float(max(variants.index, key=lambda f: (variants[f], f)))
+
+
 def plot_error_by_method(df: pd.DataFrame, metric: str = "mae", label_fraction: float | None = None,
                          test_set: str | None = None, save: str | os.PathLike | None = None):
     """Bar chart of the mean error by scenario and method, with 95% t-intervals over seeds.
 
     One panel per test set. ``label_fraction`` picks the runs to show (default:
-    the largest fraction in the table, i.e. the full-label setting). Runs with
+    the fraction with the most distinct variants, the largest one on a tie:
+    the setting where the whole design was run). Runs with
     several backbones are shown as separate bars. Returns the Figure; with
     ``save`` also writes ``<save>.png`` and ``<save>.pdf``.
     """
     _check_df(df, "plot_error_by_method")
     if df.empty:
         raise ValueError("plot_error_by_method: the results table is empty")
-    lf = float(df["label_fraction"].max()) if label_fraction is None else float(label_fraction)
+    lf = _main_label_fraction(df) if label_fraction is None else float(label_fraction)
     sub = df[np.isclose(df["label_fraction"].astype(float), lf)]
     if sub.empty:
         raise ValueError(f"no runs with label_fraction={lf}; available: {sorted(df['label_fraction'].unique())}")

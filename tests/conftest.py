@@ -196,3 +196,15 @@ def tiny_faces(tmp_path_factory) -> Path:
     write_jpg(root / "z.JPG", smooth_image(50, 50, 3))
     (root / "notes.txt").write_text("not an image")
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """One intra-op thread for the whole suite: the tests use tiny tensors, for which OpenMP threads
+    competing for a small CPU make steps up to 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

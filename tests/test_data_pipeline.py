@@ -1,6 +1,7 @@
 """Crops, transforms, augmentation determinism, the decoded-crop cache and subsets."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -162,6 +163,24 @@ def test_cache_hit_does_not_decode(tiny_aflw2000, tmp_path, monkeypatch):
     with pytest.raises(DataError):
         build_dataset("aflw2000", root=root, train=False, image_size=32, cache_dir=tmp_path / "c")
     assert len(calls) >= 1
+
+
+def test_label_index_cache_skips_mat_files_until_one_changes(tiny_aflw2000, tmp_path, monkeypatch):
+    from hpelib.data import mat_sets
+
+    root = tmp_path / "a"
+    shutil.copytree(tiny_aflw2000, root)
+    first = build_dataset("aflw2000", root=root, train=False, cache_dir=tmp_path / "c")
+    reads = []
+    real = mat_sets.read_mat_label
+    monkeypatch.setattr(mat_sets, "read_mat_label", lambda p: reads.append(p) or real(p))
+    second = build_dataset("aflw2000", root=root, train=False, cache_dir=tmp_path / "c")
+    assert reads == [] and second.names == first.names
+    np.testing.assert_array_equal(second.poses, first.poses)
+    changed = sorted(root.glob("*.mat"))[0]
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    build_dataset("aflw2000", root=root, train=False, cache_dir=tmp_path / "c")
+    assert len(reads) == len(list(root.glob("*.mat")))
 
 
 # ------------------------------------------------------------------ subsets

@@ -44,16 +44,6 @@ class TinyPoses(torch.utils.data.Dataset):
         return self.images[i] + noise, torch.from_numpy(self.poses[i].copy())
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a small shared CPU, OpenMP threads fighting for cores make these
-    tiny steps up to 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
     return tmp_path_factory.mktemp("synthetic")

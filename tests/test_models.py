@@ -14,14 +14,6 @@ from hpelib.models.heads import BinnedHead, RegressionHead, SixDHead, geodesic_l
 NARROW = dict(backbone="resnet18-narrow", init="random")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core box is much faster single-threaded for tiny tensors
-    yield
-    torch.set_num_threads(n)
-
-
 def _data(b=4, s=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(b, 3, s, s, generator=g)

@@ -79,10 +79,15 @@ def collect_quiet(root):
 
 # --------------------------------------------------------------------------- collect
 def test_collect_shape_columns_and_skips(tree):
+    # an SSL pre-training folder is not a pose run: skipped without a warning
+    (tree / "pretrain_ssl" / "rotation_s0").mkdir(parents=True)
+    (tree / "pretrain_ssl" / "rotation_s0" / "config.json").write_text(json.dumps({"kind": "pretrain"}))
+    (tree / "pretrain_ssl" / "rotation_s0" / "metrics.json").write_text(json.dumps({"train_time_s": 1.0}))
     with pytest.warns(UserWarning, match="skipped 2 incomplete") as rec:
         df = report.collect(tree)
     msg = str(rec[0].message)
     assert "auxiliary/crashed (no metrics.json)" in msg and "auxiliary/partial" in msg and "mae" in msg
+    assert "pretrain_ssl" not in msg
     assert df.shape[0] == 18
     for col in ["run", "scenario", "method", "init", "label_fraction", "seed", "test_set", "backbone",
                 "yaw", "pitch", "roll", "mae", "geodesic", "n", "train_time_s"]:
@@ -265,6 +270,10 @@ def test_figures_and_axes(tree, tmp_path):
     heights = sorted(round(b.get_height(), 6) for b in ax.patches)
     assert heights == [8.0, 10.0, 10.5]
     assert (tmp_path / "bars.png").stat().st_size > 1000 and (tmp_path / "bars.pdf").exists()
+    # by default the label fraction where the whole design ran (most variants) is shown
+    partial = df[~((df.label_fraction == 1.0) & (df.scenario == "pretrain"))]
+    fig = report.plot_error_by_method(partial)
+    assert "label fraction 0.1" in fig.axes[0].get_title() and len(fig.axes[0].patches) == 3
     fig = report.plot_label_efficiency(df)
     assert fig.axes[0].get_xscale() == "log"  # 0.1 .. 1.0 spans a decade
     assert len(fig.axes[0].get_lines()) == 3

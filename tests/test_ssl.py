@@ -12,14 +12,6 @@ from hpelib.ssl.permutations import (SHIPPED, greedy_max_hamming, hamming_matrix
 from hpelib.ssl.tiles import shuffle_tiles
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # the shared 2-core box is much faster single-threaded for tiny tensors
-    yield
-    torch.set_num_threads(n)
-
-
 def _batch(b=4, s=48, seed=0):
     return torch.randn(b, 3, s, s, generator=torch.Generator().manual_seed(seed))
 

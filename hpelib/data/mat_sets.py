@@ -26,6 +26,7 @@ Crops (see :mod:`hpelib.data.crops`)
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import scipy.io
 from .base import FileSource, FixedRegions, PoseDataset, RandomEnlarge
 from .crops import AFLW2000_FACTORS, LP300W_FACTORS, enlarge_box, landmark_box
 from .errors import DataError
+from ..io import atomic_write
 
 __all__ = ["LP300W_SUBSETS", "read_mat_label", "list_pairs", "load_300w_lp", "load_aflw2000"]
 
@@ -83,17 +85,43 @@ def list_pairs(folder: Path, root: Path) -> list[tuple[str, Path, Path]]:
     return out
 
 
-def _read_labels(pairs, max_angle, drop_invisible):
-    names, paths, poses, boxes = [], [], [], []
-    for name, img, mat in pairs:
+def _read_labels(pairs, max_angle, drop_invisible, cache_dir=None):
+    """Names, image paths, poses and landmark boxes of the samples that pass the filter.
+
+    With ``cache_dir`` the parsed labels are stored in ``labels-<key>.npz``,
+    keyed by every label file's path, size and modification time and by the
+    filter settings, so that building the data set again (e.g. 122k 300W-LP
+    files, about a minute) does not read the ``.mat`` files again.
+    """
+    index = None
+    if cache_dir is not None:
+        h = hashlib.sha1(repr((max_angle, drop_invisible)).encode())
+        for name, _, mat in pairs:
+            st = mat.stat()
+            h.update(f"{name}|{mat}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        index = Path(cache_dir) / f"labels-{h.hexdigest()[:16]}.npz"
+        if index.is_file():
+            with np.load(index) as z:
+                keep = z["keep"]
+                return ([pairs[i][0] for i in keep], [pairs[i][1] for i in keep],
+                        z["poses"].astype(np.float32), z["boxes"])
+    keep, poses, boxes = [], [], []
+    for i, (name, img, mat) in enumerate(pairs):
         pose, pt2d = read_mat_label(mat)
         if max_angle is not None and np.abs(pose).max() > max_angle:
             continue
-        names.append(name)
-        paths.append(img)
+        keep.append(i)
         poses.append(pose)
         boxes.append(landmark_box(pt2d, drop_invisible, where=str(mat)))
-    return names, paths, np.array(poses, dtype=np.float32).reshape(-1, 3), np.array(boxes).reshape(-1, 4)
+    poses = np.array(poses, dtype=np.float32).reshape(-1, 3)
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    if index is not None:
+        def save(tmp):
+            with open(tmp, "wb") as f:
+                np.savez(f, keep=np.array(keep, dtype=np.int64), poses=poses, boxes=boxes)
+
+        atomic_write(index, save)
+    return [pairs[i][0] for i in keep], [pairs[i][1] for i in keep], poses, boxes
 
 
 def _check_root(root, what, example):
@@ -121,7 +149,7 @@ def load_300w_lp(root, preset, *, seed=0, cache_dir=None, cache_resolution=None,
     if not pairs:
         raise DataError(f"{root}: no .jpg images in {found}; the 300W-LP download is incomplete "
                         "(see data/README.md)")
-    names, paths, poses, lm = _read_labels(pairs, max_angle, drop_invisible_landmarks)
+    names, paths, poses, lm = _read_labels(pairs, max_angle, drop_invisible_landmarks, cache_dir)
     if not names:
         raise DataError(f"{root}: every sample was removed by the +-{max_angle} degree filter")
     if preset.train:
@@ -141,7 +169,7 @@ def load_aflw2000(root, preset, *, seed=0, cache_dir=None, cache_resolution=None
     if not pairs:
         raise DataError(f"{root}: no .jpg images; download AFLW2000-3D and unpack it so that "
                         f"{root / 'image00002.jpg'} exists (see data/README.md)")
-    names, paths, poses, lm = _read_labels(pairs, max_angle, drop_invisible_landmarks)
+    names, paths, poses, lm = _read_labels(pairs, max_angle, drop_invisible_landmarks, cache_dir)
     if not names:
         raise DataError(f"{root}: every sample was removed by the +-{max_angle} degree filter")
     regions = FixedRegions(enlarge_box(lm, k, AFLW2000_FACTORS))

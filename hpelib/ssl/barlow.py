@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .augment import AugmentConfig, augment
-from .base import SSLTask, check_images, match_memory_format
+from .two_view import TwoViewTask
 
 __all__ = ["BarlowTwinsTask", "barlow_twins_loss"]
 
@@ -45,30 +44,17 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, e
     return on + lambd * off
 
 
-class BarlowTwinsTask(SSLTask):
+class BarlowTwinsTask(TwoViewTask):
     name = "barlow"
 
     def __init__(self, feat_dim: int, lambd: float = 5e-3, hidden: int = 512, out_dim: int = 512,
                  augment: dict | None = None):
-        super().__init__(feat_dim)
+        super().__init__(feat_dim, augment)
         if float(lambd) < 0:
             raise ValueError(f"barlow: lambd must be >= 0, got {lambd!r}")
         self.lambd = float(lambd)
-        self.augment_config = AugmentConfig.from_dict(augment)
         self.projector = nn.Sequential(nn.Linear(self.feat_dim, hidden), nn.BatchNorm1d(hidden),
                                        nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
-    def make_views(self, images: torch.Tensor, generator: torch.Generator | None = None):
-        check_images(images, "barlow")
-        b = images.shape[0]
-        views = torch.cat([augment(images, generator, self.augment_config),
-                           augment(images, generator, self.augment_config)], 0)
-        targets = torch.arange(b, device=images.device).repeat(2)
-        return match_memory_format(views, images), targets
-
-    def loss(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        n = features.shape[0] // 2
-        if features.shape[0] != 2 * n:
-            raise ValueError(f"barlow: expected features of 2N views, got {features.shape[0]}")
-        z = self.projector(features)
-        return barlow_twins_loss(z[:n], z[n:], self.lambd)
+    def pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return barlow_twins_loss(z1, z2, self.lambd)

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import AugmentConfig, augment
-from .base import SSLTask, check_images, match_memory_format
+from .two_view import TwoViewTask
 
 __all__ = ["SimCLRTask", "nt_xent"]
 
@@ -42,29 +41,16 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     return F.cross_entropy(sim, positive)
 
 
-class SimCLRTask(SSLTask):
+class SimCLRTask(TwoViewTask):
     name = "simclr"
 
     def __init__(self, feat_dim: int, temperature: float = 0.5, hidden: int = 512, out_dim: int = 128,
                  augment: dict | None = None):
-        super().__init__(feat_dim)
+        super().__init__(feat_dim, augment)
         if float(temperature) <= 0:
             raise ValueError(f"simclr: temperature must be > 0, got {temperature!r}")
         self.temperature = float(temperature)
-        self.augment_config = AugmentConfig.from_dict(augment)
         self.projector = nn.Sequential(nn.Linear(self.feat_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_dim))
 
-    def make_views(self, images: torch.Tensor, generator: torch.Generator | None = None):
-        check_images(images, "simclr")
-        b = images.shape[0]
-        views = torch.cat([augment(images, generator, self.augment_config),
-                           augment(images, generator, self.augment_config)], 0)
-        targets = torch.arange(b, device=images.device).repeat(2)
-        return match_memory_format(views, images), targets
-
-    def loss(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        z = self.projector(features)
-        n = z.shape[0] // 2
-        if z.shape[0] != 2 * n:
-            raise ValueError(f"simclr: expected features of 2N views, got {z.shape[0]}")
-        return nt_xent(z[:n], z[n:], self.temperature)
+    def pair_loss(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return nt_xent(z1, z2, self.temperature)

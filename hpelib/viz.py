@@ -1,0 +1,147 @@
+"""Drawing head poses on face images (for notebooks and figures).
+
+The axes are drawn from :func:`hpelib.angles.project_axes` (the one place that
+turns a pose into image-plane directions): the head's x axis (towards the
+image's right for a frontal face) in red, its y axis (towards the top of the
+head) in green and its z axis (out of the face, along the nose) in blue, the
+colours Hopenet's ``draw_axis`` uses. The projection is orthographic: a
+frontal pose draws the z axis as a point. Ground truth is drawn solid, a
+prediction dashed.
+
+Figures are :class:`matplotlib.figure.Figure` objects built without pyplot
+(no global state, no backend needed); Jupyter shows them inline when they are
+the last value of a cell, and ``fig.savefig`` writes them.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .angles import project_axes
+
+__all__ = ["AXIS_COLORS", "display_image", "draw_pose_axes", "pose_grid", "dataset_grid", "extreme_predictions"]
+
+#: colours of the head's x, y and z axes
+AXIS_COLORS = ("tab:red", "tab:green", "tab:blue")
+
+
+def display_image(image) -> np.ndarray:
+    """Anything image-like -> ``[H, W, 3]`` array matplotlib can show.
+
+    A ``[3, H, W]`` tensor is taken as an ImageNet-normalized network input and
+    undone with :func:`hpelib.data.transforms.denormalize`; an ``[H, W, 3]``
+    (or ``[H, W]``) array or tensor is shown as it is (uint8 0-255 or float 0-1).
+    """
+    if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3 and image.shape[-1] != 3:
+        from .data.transforms import denormalize
+
+        return denormalize(image)
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise ValueError(f"cannot show an image of shape {arr.shape}: expected [3, H, W] tensor or [H, W, 3] array")
+    return arr
+
+
+def draw_pose_axes(ax, image, pose=None, pred=None, size: float | None = None, center=None,
+                   linewidth: float = 2.0, title: str | None = None):
+    """Show ``image`` on ``ax`` with the axes of ``pose`` (solid) and ``pred`` (dashed).
+
+    ``pose``/``pred``: (yaw, pitch, roll) degrees, or None to skip (NaN poses
+    are skipped too). ``size``: axis length in pixels (default: 40% of the
+    image side); ``center``: (x, y) pixel of the axes' origin (default: the
+    image centre). Returns ``ax``.
+    """
+    img = display_image(image)
+    h, w = img.shape[:2]
+    ax.imshow(img)
+    size = 0.4 * min(h, w) if size is None else float(size)
+    cx, cy = ((w - 1) / 2.0, (h - 1) / 2.0) if center is None else (float(center[0]), float(center[1]))
+    for p, style in ((pose, "-"), (pred, "--")):
+        if p is None:
+            continue
+        p = np.asarray(torch.as_tensor(p).detach().cpu(), dtype=np.float64).reshape(3)
+        if not np.isfinite(p).all():
+            continue
+        dirs = project_axes(p, size)  # [3, 2]: x right, y down
+        for (dx, dy), color in zip(dirs, AXIS_COLORS):
+            ax.plot([cx, cx + dx], [cy, cy + dy], style, color=color, linewidth=linewidth)
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+    return ax
+
+
+def pose_grid(images: Sequence, poses: Sequence | None = None, preds: Sequence | None = None,
+              titles: Sequence[str] | None = None, ncols: int = 6, tile_inches: float = 1.8,
+              suptitle: str | None = None) -> Figure:
+    """A grid of images with their pose axes (``poses`` solid, ``preds`` dashed)."""
+    n = len(images)
+    if n == 0:
+        raise ValueError("pose_grid: no images to show")
+    for what, seq in (("poses", poses), ("preds", preds), ("titles", titles)):
+        if seq is not None and len(seq) != n:
+            raise ValueError(f"pose_grid: {len(seq)} {what} for {n} images")
+    ncols = max(1, min(ncols, n))
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(tile_inches * ncols, tile_inches * nrows + (0.3 if suptitle else 0)))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_axis_off()
+            continue
+        draw_pose_axes(ax, images[i], None if poses is None else poses[i], None if preds is None else preds[i],
+                       title=None if titles is None else titles[i])
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def _fmt_pose(p) -> str:
+    p = np.asarray(p, dtype=float)
+    return "unlabeled" if not np.isfinite(p).all() else "y{:.0f} p{:.0f} r{:.0f}".format(*p)
+
+
+def dataset_grid(dataset, indices: Sequence[int] | None = None, preds: dict | Sequence | None = None,
+                 n: int = 12, ncols: int = 6, seed: int = 0, suptitle: str | None = None) -> Figure:
+    """Samples of an hpelib data set with their labelled axes (and predictions, dashed).
+
+    ``indices``: which samples (default: ``n`` picked at random with ``seed``).
+    ``preds``: predictions aligned with ``indices``, or ``{index: pose}``.
+    Titles give the true (yaw, pitch, roll), rounded.
+    """
+    if indices is None:
+        rng = np.random.default_rng(seed)
+        indices = sorted(rng.choice(len(dataset), size=min(n, len(dataset)), replace=False).tolist())
+    indices = [int(i) for i in indices]
+    items = [dataset[i] for i in indices]
+    images = [im for im, _ in items]
+    poses = [p for _, p in items]
+    if isinstance(preds, dict):
+        preds = [preds.get(i) for i in indices]
+    titles = [_fmt_pose(p) for p in poses]
+    return pose_grid(images, poses, preds, titles, ncols=ncols, suptitle=suptitle)
+
+
+def extreme_predictions(predictions, k: int = 6, error: str = "mae_err"):
+    """``(best, worst)``: the ``k`` rows of a predictions table with the smallest / largest error.
+
+    ``predictions`` is a ``predictions.csv`` as a DataFrame (see
+    :func:`hpelib.engine.evaluate`); ``error`` is a column, or ``mae_err`` (the
+    mean of the three angle errors, computed when absent). Unlabeled rows
+    (NaN error) are left out.
+    """
+    df = predictions.copy()
+    if error == "mae_err" and "mae_err" not in df:
+        df["mae_err"] = df[["yaw_err", "pitch_err", "roll_err"]].mean(axis=1, skipna=False)
+    if error not in df:
+        raise ValueError(f"predictions have no column {error!r}; columns: {list(df.columns)}")
+    df = df[np.isfinite(df[error].to_numpy(float))].sort_values(error, kind="stable")
+    return df.head(k), df.tail(k).iloc[::-1]

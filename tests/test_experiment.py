@@ -1,0 +1,74 @@
+"""The experiment steps the notebooks call, on tiny synthetic data."""
+import numpy as np
+import pytest
+
+from hpelib import experiment as ex
+from hpelib.io import read_json
+from hpelib.report import collect
+
+TINY = dict(image_size=32, epochs=1, batch_size=16, lr=1e-3, train_options={"max_steps_per_epoch": 2})
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    return ({"name": "synthetic", "root": root, "split": "train", "n": 48},
+            {"name": "synthetic", "root": root, "split": "test", "n": 16})
+
+
+def test_dataset_from_spec_rejects_specs_without_name():
+    with pytest.raises(ValueError, match="'name'"):
+        ex.dataset_from_spec({"root": "x"}, train=True)
+
+
+def test_kfold_tests_every_image_once_and_label_fraction_subsets(specs):
+    train_spec, _ = specs
+    tested = []
+    for fold in range(3):
+        tr, te = ex.hpe_datasets(train_spec, {"same": train_spec}, image_size=32, seed=0,
+                                 kfold={"k": 3, "fold": fold, "seed": 0})
+        assert not set(tr.names) & set(te["same"].names)
+        tested += list(te["same"].names)
+    assert sorted(tested) == sorted(ex.dataset_from_spec(train_spec, train=False, image_size=32).names)
+    tr, _ = ex.hpe_datasets(train_spec, {}, image_size=32, seed=0, label_fraction=0.25)
+    assert len(tr) == 12
+    with pytest.raises(ValueError, match="kfold"):
+        ex.hpe_datasets(train_spec, {"other": specs[1]}, image_size=32, seed=0, kfold={"k": 3, "fold": 0})
+
+
+def test_constant_prediction_metrics_predicts_the_training_mean():
+    train = np.array([[10.0, 0.0, 0.0], [30.0, 0.0, 0.0], [np.nan] * 3])
+    test = np.array([[20.0, 5.0, 0.0], [0.0, 0.0, 0.0]])
+    m = ex.constant_prediction_metrics(train, test)
+    assert m["yaw"] == pytest.approx(10.0) and m["pitch"] == pytest.approx(2.5) and m["n"] == 2
+
+
+def test_pretraining_then_fine_tuning_writes_what_the_report_reads(specs, tmp_path):
+    train_spec, test_spec = specs
+    pre = ex.run_pretraining(tmp_path / "pre", method="rotation", data=train_spec, **TINY)
+    assert pre["config"]["kind"] == "pretrain" and (tmp_path / "pre" / "model.pt").is_file()
+    assert not (tmp_path / "pre" / "checkpoint.pt").exists()
+    run = ex.run_hpe(tmp_path / "runs" / "combined", train_data=train_spec, test_data={"syn": test_spec},
+                     scenario="combined", pretrain_method="rotation", init=str(tmp_path / "pre" / "model.pt"),
+                     ssl_tasks={"jigsaw": {"weight": 0.5}}, label_fraction=0.5, **TINY)
+    assert run["config"]["method"] == "rotation+jigsaw" and run["config"]["init"] == "ssl"
+    metrics = read_json(tmp_path / "runs" / "combined" / "metrics.json")
+    assert metrics["n"] == 16 and metrics["constant_mae"] == pytest.approx(run["constant"]["syn"]["mae"])
+    df = collect(tmp_path / "runs")
+    assert len(df) == 1 and df.loc[0, "scenario"] == "combined" and df.loc[0, "label_fraction"] == 0.5
+    assert df.loc[0, "mae"] == pytest.approx(metrics["mae"])
+
+
+def test_several_test_sets_get_one_block_and_prediction_file_each(specs, tmp_path):
+    train_spec, test_spec = specs
+    run = ex.run_hpe(tmp_path, train_data=train_spec, test_data={"a": test_spec, "b": dict(test_spec, n=8)}, **TINY)
+    assert set(run["metrics"]["per_test_set"]) == {"a", "b"}
+    assert run["metrics"]["per_test_set"]["b"]["n"] == 8
+    assert (tmp_path / "predictions_a.csv").is_file() and (tmp_path / "predictions_b.csv").is_file()
+
+
+def test_demo_results_feed_the_report(tmp_path):
+    root = ex.demo_results(tmp_path, steps=1)
+    df = collect(root)
+    assert len(df) == 8
+    assert set(df["scenario"]) == {"baseline", "auxiliary"} and set(df["label_fraction"]) == {0.5, 1.0}
