@@ -33,7 +33,8 @@ from .metrics import summarize
 from .models import ModelConfig
 
 __all__ = ["dataset_from_spec", "hpe_datasets", "run_pretraining", "run_hpe", "evaluate_on_sets",
-           "loss_history", "constant_prediction_metrics", "init_label"]
+           "loss_history", "constant_prediction_metrics", "init_label", "demo_results", "demo_model",
+           "training_image_size"]
 
 
 def dataset_from_spec(spec: dict, *, train: bool, **defaults):
@@ -223,3 +224,27 @@ def demo_results(root, image_size: int = 16, steps: int = 3) -> Path:
                         ssl_tasks=aux, image_size=image_size, label_fraction=label_fraction, seed=seed,
                         batch_size=32, train_options={"max_steps_per_epoch": steps}, run_name=run_id)
     return root
+
+
+def demo_model(out_dir, image_size: int = 32, steps: int = 4) -> Path:
+    """A tiny model trained for ``steps`` optimizer steps on synthetic heads; returns its ``model.pt``.
+
+    For notebooks run without a checkpoint (e.g. by nbval): it shows the
+    mechanics, its errors mean nothing.
+    """
+    out = Path(out_dir)
+    cache = str(out / ".synthetic")
+    run_hpe(out, train_data={"name": "synthetic", "root": cache, "split": "train", "n": 128},
+            test_data={"synthetic": {"name": "synthetic", "root": cache, "split": "test", "n": 16}},
+            image_size=image_size, batch_size=32, train_options={"max_steps_per_epoch": steps})
+    return out / "model.pt"
+
+
+def training_image_size(checkpoint) -> int:
+    """The input size a model was trained at, from the ``config.json`` of its run folder."""
+    path = Path(checkpoint)
+    folder = path if path.is_dir() else path.parent
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} has no config.json to read the training image size from; "
+                         "pass the image size explicitly")
+    return int(read_json(folder / "config.json")["image_size"])

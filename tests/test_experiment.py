@@ -72,3 +72,10 @@ def test_demo_results_feed_the_report(tmp_path):
     df = collect(root)
     assert len(df) == 8
     assert set(df["scenario"]) == {"baseline", "auxiliary"} and set(df["label_fraction"]) == {0.5, 1.0}
+
+
+def test_demo_model_records_its_image_size(tmp_path):
+    ckpt = ex.demo_model(tmp_path / "demo", image_size=24, steps=1)
+    assert ckpt.is_file() and ex.training_image_size(ckpt) == 24 == ex.training_image_size(ckpt.parent)
+    with pytest.raises(ValueError, match="config.json"):
+        ex.training_image_size(tmp_path / "nowhere" / "model.pt")
