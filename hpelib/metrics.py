@@ -39,14 +39,19 @@ def angle_errors(pred, target) -> np.ndarray:
 
 
 def geodesic_errors(pred, target) -> np.ndarray:
-    """Per-sample geodesic errors ``[N]`` in degrees, from Euler angles or ``[N, 3, 3]`` matrices."""
-    p = np.asarray(torch.as_tensor(pred).detach().cpu(), dtype=np.float64)
-    t = np.asarray(torch.as_tensor(target).detach().cpu(), dtype=np.float64)
-    if p.shape[-1] == 3 and p.ndim == 2:
-        p = euler_to_matrix(p)
-    if t.shape[-1] == 3 and t.ndim == 2:
-        t = euler_to_matrix(t)
-    return geodesic_degrees(p, t)
+    """Per-sample geodesic errors ``[N]`` in degrees.
+
+    Each argument is Euler angles (``[3]`` or ``[N, 3]``) or rotation matrices
+    (``[N, 3, 3]``; a 2-D array is always read as Euler angles).
+    """
+    return geodesic_degrees(_matrices(pred), _matrices(target))
+
+
+def _matrices(x) -> np.ndarray:
+    a = np.asarray(torch.as_tensor(x).detach().cpu(), dtype=np.float64)
+    if a.ndim >= 3 and a.shape[-2:] == (3, 3):
+        return a.reshape(-1, 3, 3)
+    return euler_to_matrix(a.reshape(-1, 3))
 
 
 def summarize(pred, target) -> dict:

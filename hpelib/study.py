@@ -46,7 +46,6 @@ environment substitution; ``${HPELIB_SHARED_DATA}`` defaults to
 from __future__ import annotations
 
 import argparse
-import copy
 import fnmatch
 import hashlib
 import json
@@ -57,7 +56,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -100,6 +98,7 @@ DATA_KEYS = {"pretrain", "train", "test"}
 SCENARIO_KEYS = {"variants", "label_fractions", "seeds", "model", "train", "description"}
 VARIANT_KEYS = {"pretrain", "aux", "method", "model", "train"}
 KFOLD_KEYS = {"k", "seed"}
+BLOCKING = ("failed", "skipped (dependency failed)")  # states of a dependency that block its dependants
 TRAIN_SHORT = ("epochs", "batch_size", "lr")
 FOLDS_DIR = ".folds"
 
@@ -516,10 +515,12 @@ def is_complete(run: Run, out: Path) -> bool:
     return meta.get("fingerprint") == run.fingerprint and meta.get("complete") is True
 
 
-def _prepare_folder(run: Run, out: Path) -> Path:
+def _prepare_folder(run: Run, out: Path, force: bool = False) -> Path:
     d = run.folder(out)
     meta = d / "study_run.json"
-    if meta.is_file():
+    if force and d.is_dir():
+        shutil.rmtree(d)  # --force: start over, never return a stored result or resume a checkpoint
+    elif meta.is_file():
         try:
             old = read_json(meta).get("fingerprint")
         except (OSError, json.JSONDecodeError):
@@ -718,12 +719,12 @@ def run_study(study_path: str | os.PathLike, out: str | os.PathLike | None = Non
 
     def ready(r: Run):
         states = [status.get(d, {}).get("status") for d in r.deps]
-        if any(s in ("failed", "skipped (dependency failed)") for s in states):
+        if any(s in BLOCKING for s in states):
             return "blocked"
         return all(s in ("done", "complete (skipped)") for s in states)
 
     def launch(r: Run, submit):
-        d = _prepare_folder(r, out)
+        d = _prepare_folder(r, out, force)
         gpu = min(gpu_load, key=gpu_load.get) if gpu_load else None
         if gpu is not None:
             gpu_load[gpu] += 1
@@ -752,7 +753,7 @@ def run_study(study_path: str | os.PathLike, out: str | os.PathLike | None = Non
         for r in list(pending):
             if ready(r) == "blocked":
                 pending.remove(r)
-                bad = [d for d in r.deps if status.get(d, {}).get("status") != "done"]
+                bad = [d for d in r.deps if status.get(d, {}).get("status") in BLOCKING]
                 status[r.run_id] = {"status": "skipped (dependency failed)", "deps": bad}
                 bar.write(f"SKIPPED {r.run_id}: depends on failed {', '.join(bad)}")
                 bar.update(1)

@@ -117,3 +117,11 @@ def test_bad_shapes_raise():
         A.euler_to_matrix(np.zeros((4, 2)))
     with pytest.raises(ValueError, match="6"):
         A.sixd_to_matrix(np.zeros((4, 5)))
+
+
+@pytest.mark.parametrize("yaw", [90.0, -90.0])
+def test_gimbal_lock_branch_returns_the_same_rotation(yaw):
+    m = A.euler_to_matrix(np.array([yaw, 25.0, 0.0]))
+    back = A.matrix_to_euler(m)
+    assert back[0] == pytest.approx(yaw, abs=1e-6)
+    np.testing.assert_allclose(A.euler_to_matrix(back), m, atol=1e-9)

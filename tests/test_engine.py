@@ -70,7 +70,7 @@ def tcfg(**kw):
 
 
 def weights(path):
-    return C.read(path)["model"]
+    return C.read_checkpoint(path)["model"]
 
 
 # --- TrainConfig and schedule -------------------------------------------------
@@ -111,7 +111,7 @@ def test_resume_is_exact_and_finished_run_is_not_retrained(tmp_path, monkeypatch
     part = train(MODEL, synthetic(synth_root), val_set, tcfg(), tmp_path / "split", stop_after_epoch=1,
                  on_epoch_end=lambda info: seen.append(info["epoch"]))
     assert not part["finished"] and seen == [1]
-    assert C.read(tmp_path / "split" / "checkpoint.pt")["epoch"] == 1
+    assert C.read_checkpoint(tmp_path / "split" / "checkpoint.pt")["epoch"] == 1
     assert not (tmp_path / "split" / "model.pt").exists()
     resumed_set = synthetic(synth_root)
     resumed = train(MODEL, resumed_set, val_set, tcfg(num_workers=0, log_every=1), tmp_path / "split")
@@ -130,7 +130,7 @@ def test_resume_is_exact_and_finished_run_is_not_retrained(tmp_path, monkeypatch
     hist = json.loads((d / "history.json").read_text())
     assert [e["epoch"] for e in hist["epochs"]] == [1, 2] and hist["train_config"]["seed"] == 3
     assert all(e["lr"] > 0 and e["images_per_s"] > 0 and e["val"] for e in hist["epochs"])
-    ckpt = C.read(d / "checkpoint.pt")
+    ckpt = C.read_checkpoint(d / "checkpoint.pt")
     assert {"model", "model_config", "optimizer", "scheduler", "epoch", "history", "rng", "train_config"} <= set(ckpt)
 
     # a finished run returns its stored result without training
@@ -157,7 +157,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(HMTLModel, "losses", poisoned)
     with pytest.raises(FloatingPointError, match=r"epoch 2, step 2 in loss component\(s\) rotation=nan"):
         train(MODEL, TinyPoses(), None, tcfg(), tmp_path)
-    assert C.read(tmp_path / "checkpoint.pt")["epoch"] == 1  # the last good epoch is kept
+    assert C.read_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1  # the last good epoch is kept
 
 
 def test_pretrain_ignores_labels_and_feeds_fine_tuning(tmp_path):
@@ -223,5 +223,9 @@ def test_cli_trains_and_tests_from_a_config_file(tmp_path, synth_root, capsys):
     assert len((tmp_path / "cli_run" / "predictions.csv").read_text().splitlines()) == 5
 
     path.write_text(json.dumps(dict(config, extra=1)))
-    with pytest.raises(ValueError, match=r"unknown key\(s\) \['extra'\]"):
-        cli_main(["train", "--config", str(path)])
+    assert cli_main(["train", "--config", str(path)]) == 2
+    assert "unknown key(s) ['extra']" in capsys.readouterr().err
+    path.write_text(json.dumps(dict(config, train_data={"name": "aflw2000", "root": str(tmp_path / "none")})))
+    assert cli_main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "none" in err and "data/README.md" in err

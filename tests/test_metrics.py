@@ -58,3 +58,12 @@ def test_shape_mismatch_and_empty_raise():
         angle_errors(np.zeros((3, 3)), np.zeros((4, 3)))
     with pytest.raises(ValueError, match="no samples"):
         PoseErrorMeter().compute()
+
+
+def test_single_pose_and_matrix_inputs():
+    from hpelib.angles import euler_to_matrix
+
+    s = summarize([10.0, 0.0, 0.0], [0.0, 0.0, 0.0])
+    assert s["n"] == 1 and s["yaw"] == pytest.approx(10.0) and s["geodesic"] == pytest.approx(10.0, abs=1e-6)
+    m = euler_to_matrix(np.array([[0.0, 30.0, 0.0]]))
+    np.testing.assert_allclose(geodesic_errors(m, [[0.0, 0.0, 0.0]]), [30.0], atol=1e-6)

@@ -247,3 +247,21 @@ def test_forward_dispatch_and_views_are_deterministic():
     b = m.losses(x, poses, torch.Generator().manual_seed(7))
     assert torch.allclose(a["simclr"], b["simclr"]) and torch.allclose(a["total"], b["total"])
     assert m(x).shape == (4, 3) and m(x).requires_grad
+
+
+class _NotATensor:
+    pass
+
+
+def test_checkpoint_files_are_read_without_running_pickled_code(tmp_path):
+    from hpelib.models.files import plain_state_dict, read_checkpoint
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"model_config": {}, "model": {}, "payload": _NotATensor()}, bad)
+    with pytest.raises(ValueError, match="evil.pt.*weights_only"):
+        read_checkpoint(bad)
+    with pytest.raises(ValueError, match="init checkpoint .*evil.pt"):
+        build_model(ModelConfig(backbone="resnet18-narrow", init=str(bad)))
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        read_checkpoint(tmp_path / "missing.pt")
+    assert plain_state_dict({"module._orig_mod.backbone.w": 1, "pose_head.b": 2}) == {"backbone.w": 1, "pose_head.b": 2}

@@ -154,6 +154,7 @@ def test_run_skip_failure_and_dependants(tiny, capfd):
     assert summary["combined/rotation+jigsaw/lf0.5_s0"]["status"] == "done"
     printed = capfd.readouterr()
     assert "FAILED" in printed.out and "pretrain/jigsaw_s0" in printed.out
+    assert "SKIPPED pretrain/jigsaw/lf0.5_s0: depends on failed pretrain/jigsaw_s0" in printed.out
     # the kernels' stderr goes to each run's kernel.log, not to the console
     assert (out / "baseline/none/lf0.5_s0/kernel.log").is_file()
     assert "IPKernelApp" not in printed.err
@@ -168,6 +169,14 @@ def test_run_skip_failure_and_dependants(tiny, capfd):
     assert tiny["log"].read_text().split() == ["pretrain/jigsaw_s0", "pretrain/jigsaw/lf0.5_s0"]
     assert (out / "baseline/none/lf0.5_s0/metrics.json").stat().st_mtime_ns == mtime
     assert not (failed / "FAILED").exists()
+
+    # --force runs a complete run again from an emptied folder (no stored result, no resume)
+    stale = out / "baseline/none/lf0.5_s0/checkpoint.pt"
+    stale.write_text("a finished run's checkpoint")
+    tiny["log"].write_text("")
+    assert st.run_study(tiny["yaml"], tiny["out"], only=["baseline/*"], force=True) == 0
+    assert tiny["log"].read_text().split() == ["baseline/none/lf0.5_s0"]
+    assert not stale.exists()
 
     # a changed setting re-runs exactly the runs it affects (here: all fine-tunes, not pre-training)
     tiny["log"].write_text("")

@@ -218,9 +218,6 @@ class PoseDataset(Dataset):
             box = self.preset.square(outer)
         return crop_resize(image, box, self.base_size)
 
-    def labelled_mask(self) -> np.ndarray:
-        """Boolean ``[N]``: True where the pose label is present (not NaN)."""
-        return ~np.isnan(self.poses).any(axis=1)
 
     def __repr__(self):
         return (f"PoseDataset({self.dataset_id or 'data'}, n={len(self)}, preset={self.preset!r}, "

@@ -62,7 +62,9 @@ class CropCache:
             mm = np.load(self.path, mmap_mode="r")
         except (OSError, ValueError):
             return False
-        return mm.shape == self.shape and mm.dtype == np.uint8
+        valid = mm.shape == self.shape and mm.dtype == np.uint8
+        del mm  # release the mapping now, not at garbage collection
+        return valid
 
     def ensure(self, dataset, num_workers: int | None = None) -> Path:
         """Build the cache file from ``dataset.decode_base`` unless a valid one exists."""

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_write
+from ..models.files import read_checkpoint  # noqa: F401  (the reader of these files)
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -29,19 +30,6 @@ MODEL = "model.pt"
 def save(obj: dict, path: str | Path) -> Path:
     """``torch.save`` through :func:`hpelib.io.atomic_write` (never a half-written file)."""
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def read(path: str | Path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
-    if not isinstance(obj, dict) or "model" not in obj or "model_config" not in obj:
-        raise ValueError(f"{path} is not an hpelib checkpoint (needs the keys 'model' and 'model_config')")
-    return obj
 
 
 def rng_state() -> dict:

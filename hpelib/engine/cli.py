@@ -56,6 +56,15 @@ def _dataset(spec: dict | None, what: str, required: bool):
 
 
 def main(argv=None) -> int:
+    """Run the command; bad input (config, data, checkpoint) exits with status 2 and a one-line error."""
+    try:
+        return _main(argv)
+    except (ValueError, FileNotFoundError) as err:  # DataError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hpelib.engine.cli", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["train", "pretrain", "evaluate"])
     parser.add_argument("--config", required=True, help="run config (.json or .yaml)")

@@ -36,10 +36,9 @@ from . import checkpoint as C
 from . import distributed as D
 from .config import TrainConfig, build_optimizer, build_scheduler
 from .data import derive_seed, seed_everything, steps_per_epoch, train_loader, view_generator
-from .evaluate import predict_dataset, summarize_predictions
+from .evaluate import METRICS, predict_dataset, summarize_predictions
 
 HISTORY = "history.json"
-METRICS = "metrics.json"
 
 EpochCallback = Callable[[dict], None]
 
@@ -106,7 +105,7 @@ def _fit(kind, model_cfg, train_set, val_set, cfg: TrainConfig, out_dir: Path, r
     ckpt_path = out_dir / C.CHECKPOINT
     state = None
     if resume and ckpt_path.is_file():
-        state = C.read(ckpt_path)
+        state = C.read_checkpoint(ckpt_path)
         _check_same_run(state, kind, mcfg_dict, cfg, ckpt_path)
         if state.get("result") is not None:
             return dict(state["result"])

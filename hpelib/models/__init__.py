@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .backbones import BACKBONES, build_backbone, load_backbone_checkpoint
 from .config import ModelConfig
+from .files import plain_state_dict, read_checkpoint
 from .heads import POSE_HEADS, build_pose_head, geodesic_loss
 from .hmtl import HMTLModel
 
-__all__ = ["ModelConfig", "build_model", "load_model", "HMTLModel", "BACKBONES", "POSE_HEADS",
+__all__ = ["ModelConfig", "build_model", "load_model", "read_checkpoint", "HMTLModel", "BACKBONES", "POSE_HEADS",
            "build_backbone", "build_pose_head", "geodesic_loss", "load_backbone_checkpoint"]
 
 
@@ -36,22 +35,10 @@ def build_model(config: ModelConfig | dict) -> HMTLModel:
 def load_model(path, map_location="cpu") -> HMTLModel:
     """Rebuild the full model stored in the hpelib checkpoint ``path`` (all its weights; ``init`` is ignored)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception:  # resumable checkpoints may hold non-tensor state
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path} is not an hpelib checkpoint (a dict with 'model_config' and 'model')")
+    ckpt = read_checkpoint(path, map_location)
     cfg = ModelConfig.from_dict({**ckpt["model_config"], "init": "random"})
     model = HMTLModel(cfg)
-    state = {}
-    for k, v in ckpt["model"].items():
-        for prefix in ("module.", "_orig_mod."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        state[k] = v
+    state = plain_state_dict(ckpt["model"])
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

@@ -33,6 +33,8 @@ from torch.hub import load_state_dict_from_url
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from .files import plain_state_dict, read_checkpoint
+
 __all__ = ["BACKBONES", "build_backbone", "NarrowResNet18", "load_backbone_checkpoint", "IMAGENET_WEIGHTS"]
 
 IMAGENET_WEIGHTS = {"resnet50": ResNet50_Weights.IMAGENET1K_V2, "resnet18": ResNet18_Weights.IMAGENET1K_V1}
@@ -95,36 +97,19 @@ def build_backbone(name: str, init: str = "random") -> nn.Module:
     return net
 
 
-def _strip(key: str) -> str:
-    for prefix in ("module.", "_orig_mod."):
-        while key.startswith(prefix):
-            key = key[len(prefix):]
-    return key
-
-
 def load_backbone_checkpoint(backbone: nn.Module, path, backbone_name: str) -> None:
     """Copy the ``backbone.*`` weights of the hpelib checkpoint ``path`` into ``backbone``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init checkpoint {path} does not exist; init must be 'random', 'imagenet' "
-                                f"or the path of an hpelib checkpoint (e.g. <run>/checkpoint.pt)")
-    try:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # resumable checkpoints may hold non-tensor state (e.g. numpy RNG state)
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"init checkpoint {path} could not be read by torch.load: {err}") from err
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"init checkpoint {path} is not an hpelib checkpoint (a dict with 'model_config' and "
-                         f"'model'); found {type(ckpt).__name__} with keys {list(ckpt)[:8] if isinstance(ckpt, dict) else '-'}")
+                                f"or the path of an hpelib checkpoint (e.g. <run>/model.pt)")
+    ckpt = read_checkpoint(path, what="init checkpoint")
     saved = (ckpt.get("model_config") or {}).get("backbone")
     if saved is not None and saved != backbone_name:
         raise ValueError(f"init checkpoint {path} holds a {saved!r} backbone, but this model uses "
                          f"{backbone_name!r}; set backbone: {saved!r} or use another checkpoint")
     state = {}
-    for key, value in ckpt["model"].items():
-        key = _strip(key)
+    for key, value in plain_state_dict(ckpt["model"]).items():
         if key.startswith("backbone."):
             state[key[len("backbone."):]] = value
     if not state:

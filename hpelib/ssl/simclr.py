@@ -1,9 +1,7 @@
 """SimCLR (Chen et al., 2020): two augmented views per image, NT-Xent contrastive loss.
 
-Views: ``[2B, C, H, W]`` = ``cat([aug(x), aug(x)])`` (first all first views,
-then all second views) with the pose-preserving augmentations of
-:mod:`hpelib.ssl.augment` (options in ``augment={...}``); targets: ``[2B]``
-image index of each view.
+Views: two pose-preserving augmentations of every image (see
+:mod:`hpelib.ssl.two_view`; options in ``augment={...}``).
 
 Head: the projection MLP ``Linear(feat_dim, hidden) -> ReLU -> Linear(hidden,
 out_dim)`` (SimCLR v1, 2 layers; defaults hidden 512, out 128). The loss is
