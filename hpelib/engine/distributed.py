@@ -109,34 +109,19 @@ def sync_buffers(model: nn.Module, info: DistInfo) -> None:
         dist.broadcast(buf.data, src=0)
 
 
-class LossForward(nn.Module):
-    """Routes ``model.losses`` through ``forward`` so DistributedDataParallel sees it.
-
-    DDP only synchronizes gradients for computations made inside the wrapped
-    module's ``forward``; the HMTL model exposes ``losses(images, poses,
-    generator)`` instead, so this wrapper's ``forward`` calls it.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images, poses, generator=None):
-        return self.model.losses(images, poses, generator=generator)
-
-
 def wrap(model: nn.Module, info: DistInfo, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
-    """``LossForward(model)``, inside DDP when distributed.
+    """``model``, inside DDP when distributed.
 
+    The training loop calls ``net(images, poses, generator)``: ``HMTLModel.forward``
+    routes that call to ``losses``, so DDP sees the whole loss computation.
     ``find_unused_parameters`` comes from ``TrainConfig.ddp_find_unused_parameters``
     (off: the HMTL model uses every parameter in every step).
     """
-    module = LossForward(model)
     if not info.enabled:
-        return module
+        return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     if device.type == "cuda":
-        return DDP(module, device_ids=[device.index], output_device=device.index,
+        return DDP(model, device_ids=[device.index], output_device=device.index,
                    find_unused_parameters=find_unused_parameters)
-    return DDP(module, find_unused_parameters=find_unused_parameters)
+    return DDP(model, find_unused_parameters=find_unused_parameters)
