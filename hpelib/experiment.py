@@ -34,7 +34,7 @@ from .models import ModelConfig
 
 __all__ = ["dataset_from_spec", "hpe_datasets", "run_pretraining", "run_hpe", "evaluate_on_sets",
            "loss_history", "constant_prediction_metrics", "init_label", "demo_results", "demo_model",
-           "training_image_size"]
+           "training_image_size", "constant_columns"]
 
 
 def dataset_from_spec(spec: dict, *, train: bool, **defaults):
@@ -89,6 +89,20 @@ def constant_prediction_metrics(train_poses: np.ndarray, test_poses: np.ndarray)
     return summarize(np.repeat(mean[None], len(test), 0), test)
 
 
+def constant_columns(constant: dict) -> dict:
+    """``constant_yaw/pitch/roll/mae``: the constant predictor's errors as stored in ``metrics.json``."""
+    return {f"constant_{k}": float(constant[k]) for k in ("yaw", "pitch", "roll", "mae")}
+
+
+def pretrain_epochs(init) -> int | None:
+    """Epochs of the SSL pre-training run whose ``model.pt`` is ``init`` (from its ``config.json``), else None."""
+    cfg_path = Path(init).parent / "config.json"
+    if not cfg_path.is_file():
+        return None
+    cfg = read_json(cfg_path)
+    return cfg.get("train_config", {}).get("epochs") if cfg.get("kind") == "pretrain" else None
+
+
 def _train_config(epochs, batch_size, lr, seed, train_options) -> TrainConfig:
     return TrainConfig.from_dict({"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
                                   "progress": False, **(train_options or {})})
@@ -108,8 +122,11 @@ def loss_history(out_dir) -> pd.DataFrame:
 def run_pretraining(out_dir, *, method: str, method_options: dict | None = None, data: dict,
                     epochs: int, batch_size: int, lr: float, train_options: dict | None = None,
                     backbone: str = "resnet18-narrow", init: str = "random", image_size: int = 32,
-                    seed: int = 0, run_name: str | None = None, keep_checkpoint: bool = False) -> dict:
+                    model_options: dict | None = None, seed: int = 0, run_name: str | None = None,
+                    keep_checkpoint: bool = False) -> dict:
     """SSL pre-training with one task on the images of ``data`` (labels ignored).
+
+    ``model_options``: other :class:`ModelConfig` fields of the backbone (``stem``).
 
     Writes ``config.json`` (``kind: pretrain``), ``model.pt`` (initializes a
     later :func:`run_hpe` through ``init``), ``history.json`` and
@@ -119,8 +136,9 @@ def run_pretraining(out_dir, *, method: str, method_options: dict | None = None,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = dataset_from_spec(data, train=True, image_size=image_size, seed=seed)
-    model_cfg = ModelConfig(backbone=backbone, init=init, pose_head=None,
-                            ssl_tasks={method: {"weight": 1.0, **(method_options or {})}})
+    model_cfg = ModelConfig.from_dict({"backbone": backbone, "init": init, "pose_head": None,
+                                       "ssl_tasks": {method: {"weight": 1.0, **(method_options or {})}},
+                                       **(model_options or {})})
     train_cfg = _train_config(epochs, batch_size, lr, seed, train_options)
     config = {"kind": "pretrain", "run": run_name or out.name, "method": method,
               "method_options": method_options or {}, "data": data, "backbone": backbone, "init": init,
@@ -185,6 +203,7 @@ def run_hpe(out_dir, *, train_data: dict, test_data: dict, scenario: str = "base
               "init_path": init, "label_fraction": 1.0 if label_fraction is None else float(label_fraction),
               "seed": seed, "test_set": next(iter(test_sets)) if len(test_sets) == 1 else sorted(test_sets),
               "backbone": backbone, "image_size": image_size, "pose_head": pose_head, "kfold": kfold,
+              "pretrain_epochs": pretrain_epochs(init) if pretrain_method else None,
               "n_train": len(train_set), "train_data": train_data, "test_data": test_data,
               "model_config": model_cfg.to_dict(), "train_config": train_cfg.to_dict()}
     write_json(out / "config.json", config)
@@ -194,9 +213,9 @@ def run_hpe(out_dir, *, train_data: dict, test_data: dict, scenario: str = "base
     train_time = float(result["train_time_s"])
     if len(per_set) == 1:
         (name, m), = per_set.items()
-        metrics = {**m, "constant_mae": constant[name]["mae"], "train_time_s": train_time}
+        metrics = {**m, **constant_columns(constant[name]), "train_time_s": train_time}
     else:
-        metrics = {"per_test_set": {n: {**m, "constant_mae": constant[n]["mae"]} for n, m in per_set.items()},
+        metrics = {"per_test_set": {n: {**m, **constant_columns(constant[n])} for n, m in per_set.items()},
                    "train_time_s": train_time}
     for name, m in per_set.items():
         if not all(math.isfinite(m[k]) for k in ("yaw", "pitch", "roll", "mae", "geodesic")):

@@ -1,6 +1,7 @@
-"""Atomic writes: a result or checkpoint file is either complete or absent."""
+"""Atomic writes: a result or checkpoint file is either complete or absent; a lock for shared caches."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -26,6 +27,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
             os.unlink(tmp)
         raise
     return path
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike):
+    """Hold an exclusive advisory lock on ``path`` (created if needed) for the ``with`` block.
+
+    For caches that several processes of a study may fill at once: the first
+    one builds the entry, the others wait and then find it. Where ``fcntl`` is
+    missing (Windows) it does not lock, which only costs duplicated work.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -13,7 +13,9 @@ are skipped silently: they have no pose metrics.
     ``method`` (display string, e.g. ``rotation``, ``simclr+jigsaw``, ``none``
     for the baseline; when absent it is built from ``pretrain_method`` and
     ``aux_methods``), ``init``, ``label_fraction`` (``null`` = all labels =
-    1.0), ``seed``, ``test_set``, ``backbone``, ``image_size``.
+    1.0), ``seed``, ``test_set``, ``backbone``, ``image_size``;
+    ``model_config`` and ``train_config`` feed the ``settings`` fingerprint
+    (see *Checks*). Missing keys are tolerated.
 
 ``metrics.json`` -- two accepted forms
     * flat: ``{"yaw": .., "pitch": .., "roll": .., "mae": .., "geodesic": ..,
@@ -22,6 +24,10 @@ are skipped silently: they have no pose metrics.
       (top-level ``train_time_s`` is shared), or directly
       ``{"aflw2000": {...}, "biwi": {...}}`` (every top-level value a dict of
       metrics) -> one row per test set.
+
+    Optional in either form (inside each test set's block): ``constant_yaw``,
+    ``constant_pitch``, ``constant_roll``, ``constant_mae``, the errors of
+    always predicting the mean training pose (NaN columns when absent).
 
 ``predictions.csv`` (optional)
     ``name, yaw_true, pitch_true, roll_true, yaw_pred, pitch_pred, roll_pred,
@@ -38,7 +44,19 @@ Comparisons with the baseline
     init as the row; the only baseline init; the ``random``-init baseline
     (SSL pre-training replaces a random initialisation: that is the paper's
     comparison). The ``baseline_init`` column of the outputs says which one
-    was used.
+    was used. :func:`paired_tests` gives the mean paired difference with its
+    95% t-interval (``ci_low``, ``ci_high``); the half-width (``± detectable``
+    in ``paired_tests.md``) is about the smallest effect the seeds can detect.
+
+Checks (marked in the error tables; ``build_report`` warns and lists them in ``warnings.md``)
+    * *unlearned* (column ``unlearned``, mark †): the yaw, pitch, roll or mean
+      error of a row is >= :data:`UNLEARNED_RATIO` (0.8) x the constant
+      predictor's error on it: not clearly better than no model.
+    * *mixed settings* (column ``settings``, mark ‡): the runs averaged into
+      one error-table row (:data:`ROW_KEYS`) must share ``image_size``,
+      ``model_config`` but ``init`` and ``train_config`` but ``seed`` and the
+      fields that do not change results (:data:`SETTINGS_IGNORED`);
+      ``settings`` is a short hash of them. Rows are never dropped.
 
 All errors are in degrees. Figures are built on :class:`matplotlib.figure.Figure`
 objects (no pyplot state, so no backend or display is needed and nothing
@@ -46,6 +64,8 @@ leaks); they render inline in Jupyter and are saved as PNG + PDF atomically.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import warnings
@@ -61,15 +81,20 @@ from .io import atomic_write, read_json, write_text
 __all__ = [
     "METRIC_KEYS",
     "RESULT_COLUMNS",
+    "UNLEARNED_RATIO",
     "collect",
+    "training_settings",
+    "study_warnings",
     "write_results_table",
     "collect_predictions",
     "error_table",
     "to_markdown",
     "to_latex",
     "paired_tests",
+    "paired_tests_markdown",
     "plot_error_by_method",
     "plot_label_efficiency",
+    "plot_pretrain_budget",
     "plot_error_vs_angle",
     "save_figure",
     "build_report",
@@ -77,8 +102,15 @@ __all__ = [
 
 METRIC_KEYS = ("yaw", "pitch", "roll", "mae", "geodesic", "n", "train_time_s")
 CONFIG_KEYS = ("run", "scenario", "method", "pretrain_method", "aux_methods", "init",
-               "label_fraction", "seed", "test_set", "backbone", "image_size")
-RESULT_COLUMNS = list(CONFIG_KEYS) + list(METRIC_KEYS) + ["path"]
+               "label_fraction", "seed", "test_set", "backbone", "image_size", "pretrain_epochs")
+#: errors of the constant predictor (always the mean training pose); NaN when metrics.json lacks them
+CONSTANT_KEYS = ("constant_yaw", "constant_pitch", "constant_roll", "constant_mae")
+RESULT_COLUMNS = list(CONFIG_KEYS) + list(METRIC_KEYS) + list(CONSTANT_KEYS) + ["unlearned", "settings", "path"]
+#: a run is *unlearned* when its error on yaw, pitch, roll or MAE is not clearly below the constant
+#: predictor's: error >= UNLEARNED_RATIO x constant error
+UNLEARNED_RATIO = 0.8
+#: train_config fields that do not change the results: left out of the ``settings`` fingerprint
+SETTINGS_IGNORED = ("seed", "num_workers", "log_every", "progress", "device", "ddp_find_unused_parameters")
 SCENARIO_ORDER = ("baseline", "pretrain", "auxiliary", "combined")
 #: columns that identify a comparable setting (a baseline is looked up within it)
 SETTING_KEYS = ("test_set", "backbone", "label_fraction")
@@ -122,6 +154,26 @@ def _method_name(cfg: dict) -> str:
     return "+".join(parts) if parts else "none"
 
 
+def training_settings(cfg: dict) -> dict:
+    """The settings of ``config.json`` that runs of one error-table row must share, flattened.
+
+    ``image_size``, ``model_config.<key>`` (all but ``init``) and
+    ``train_config.<key>`` (all but :data:`SETTINGS_IGNORED`); missing parts
+    are simply absent.
+    """
+    out = {"image_size": cfg.get("image_size")}
+    for part, skip in (("model_config", ("init",)), ("train_config", SETTINGS_IGNORED)):
+        sub = cfg.get(part)
+        if isinstance(sub, dict):
+            out.update({f"{part}.{k}": v for k, v in sub.items() if k not in skip})
+    return out
+
+
+def _fingerprint(settings: dict) -> str:
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
 def _config_row(cfg: dict, run_dir: Path, root: Path) -> dict:
     aux = cfg.get("aux_methods")
     lf = cfg.get("label_fraction")
@@ -137,16 +189,21 @@ def _config_row(cfg: dict, run_dir: Path, root: Path) -> dict:
         "test_set": cfg.get("test_set"),
         "backbone": cfg.get("backbone"),
         "image_size": cfg.get("image_size"),
+        "pretrain_epochs": cfg.get("pretrain_epochs"),
+        "settings": _fingerprint(training_settings(cfg)),
     }
 
 
 def collect(results_dir: str | os.PathLike) -> pd.DataFrame:
     """One tidy row per complete run and test set, columns :data:`RESULT_COLUMNS`.
 
-    Runs without ``config.json``, or without a readable ``metrics.json``
-    holding all of :data:`METRIC_KEYS`, are skipped; one ``UserWarning`` lists
-    them with the reason. Raises ``ValueError`` if ``results_dir`` does not
-    exist.
+    Besides the config and metric keys: the constant predictor's errors
+    (:data:`CONSTANT_KEYS`, NaN when ``metrics.json`` lacks them),
+    ``unlearned`` (see :data:`UNLEARNED_RATIO`) and ``settings`` (8-hex
+    fingerprint of :func:`training_settings`). Runs without ``config.json``,
+    or without a readable ``metrics.json`` holding all of :data:`METRIC_KEYS`,
+    are skipped; one ``UserWarning`` lists them with the reason. Raises
+    ``ValueError`` if ``results_dir`` does not exist.
     """
     root = Path(results_dir)
     if not root.is_dir():
@@ -177,12 +234,14 @@ def collect(results_dir: str | os.PathLike) -> pd.DataFrame:
                 continue
             row = dict(base, test_set=test_set, path=str(d))
             row.update({k: float(m[k]) for k in METRIC_KEYS})
+            row.update({k: np.nan if m.get(k) is None else float(m[k]) for k in CONSTANT_KEYS})
             rows.append(row)
     if skipped:
         warnings.warn(f"skipped {len(skipped)} incomplete run(s) under {root}: " + "; ".join(skipped),
                       UserWarning, stacklevel=2)
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     df["n"] = df["n"].astype("Int64") if len(df) else df["n"]
+    df["unlearned"] = _unlearned_mask(df)
     dup = df.duplicated(["run", "test_set"], keep=False)
     if dup.any():
         warnings.warn(f"run ids appear more than once (copied folders?): {sorted(set(df.loc[dup, 'run']))}",
@@ -207,6 +266,90 @@ def _sort(df: pd.DataFrame) -> pd.DataFrame:
 def write_results_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write the :func:`collect` table as CSV, atomically."""
     return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+# --------------------------------------------------------------------------- checks
+def _not_below(err, const):
+    """True where ``err`` is not clearly below the constant predictor's error ``const`` (NaN: False)."""
+    err, const = np.asarray(err, float), np.asarray(const, float)
+    with np.errstate(invalid="ignore"):
+        return (const > 0) & (err >= UNLEARNED_RATIO * const)
+
+
+def _unlearned_mask(df: pd.DataFrame) -> pd.Series:
+    hit = np.zeros(len(df), bool)
+    for m in ("yaw", "pitch", "roll", "mae"):
+        if m in df and f"constant_{m}" in df:
+            hit |= _not_below(df[m], df[f"constant_{m}"])
+    return pd.Series(hit, index=df.index)
+
+
+def _differing_keys(paths: Iterable) -> str:
+    """The :func:`training_settings` keys that differ between the runs in ``paths``, with their values."""
+    try:
+        runs = [training_settings(read_json(Path(p) / "config.json")) for p in dict.fromkeys(paths)]
+    except (OSError, ValueError, TypeError):
+        return "unknown (config.json not readable)"
+    diff = []
+    for key in sorted(set().union(*runs)):
+        values = {json.dumps(r.get(key, "<missing>"), sort_keys=True, default=str) for r in runs}
+        if len(values) > 1:
+            diff.append(f"{key} ({' vs '.join(sorted(values))})")
+    return "; ".join(diff) or "unknown"
+
+
+def _group_name(keys: dict) -> str:
+    method = "" if keys["method"] in ("none", "-") else f": {keys['method']}"
+    return (f"{keys['scenario']}{method} [init {keys['init']}], test set {keys['test_set']}, "
+            f"backbone {keys['backbone']}, label fraction {keys['label_fraction']:g}")
+
+
+def study_warnings(df: pd.DataFrame) -> dict[str, list[str]]:
+    """What a reader of the tables must know about the runs of a :func:`collect` table, one line per item.
+
+    ``unlearned``: rows not clearly below the constant predictor, with the
+    failing metrics (``yaw 27.00 >= 0.8 x 25.00``); ``unchecked``: rows whose
+    ``metrics.json`` has no constant-predictor errors; ``mixed_settings``:
+    error-table groups (:data:`ROW_KEYS`) whose runs have different
+    ``settings`` fingerprints, with every run's fingerprint and the keys that
+    differ (read back from the runs' ``config.json``).
+    """
+    out: dict[str, list[str]] = {"unlearned": [], "unchecked": [], "mixed_settings": []}
+    for _, r in df.iterrows():
+        name = f"{r['run']} [{_fmt_key(r['test_set'])}]"
+        have = [m for m in ("yaw", "pitch", "roll", "mae") if np.isfinite(float(r.get(f"constant_{m}", np.nan)))]
+        fails = [f"{m} {r[m]:.2f} >= {UNLEARNED_RATIO:g} x {r[f'constant_{m}']:.2f}"
+                 for m in have if _not_below(r[m], r[f"constant_{m}"])]
+        if fails:
+            out["unlearned"].append(f"{name}: {', '.join(fails)}")
+        elif not have:
+            out["unchecked"].append(name)
+    if "settings" in df and len(df):
+        k = _key_frame(df)
+        for keys, g in k.groupby(list(ROW_KEYS), sort=False):
+            if g["settings"].nunique() > 1:
+                runs = ", ".join(f"{run} ({fp})" for run, fp in zip(g["run"], g["settings"]))
+                differ = _differing_keys(g["path"]) if "path" in g else "unknown"
+                out["mixed_settings"].append(f"{_group_name(dict(zip(ROW_KEYS, keys)))}: runs {runs}; "
+                                             f"differing: {differ}")
+    return out
+
+
+def _warnings_markdown(notes: dict[str, list[str]]) -> str:
+    items = lambda lines: [f"- {line}" for line in lines] or ["- none"]  # noqa: E731
+    lines = ["# Report warnings", "", "## Runs that did not learn (marked † in the error tables)", "",
+             f"Rows whose yaw, pitch, roll or mean error is >= {UNLEARNED_RATIO:g} x the error of always "
+             "predicting the mean training pose (`constant_*` in metrics.json): not clearly better than no model.",
+             "", *items(notes["unlearned"])]
+    if notes["unchecked"]:
+        lines += ["", f"Not checked ({len(notes['unchecked'])} rows without constant-predictor errors in "
+                      "metrics.json): " + ", ".join(notes["unchecked"])]
+    lines += ["", "## Rows that mix training settings (marked ‡ in the error tables)", "",
+              "The runs averaged into one error-table row (same test set, backbone, label fraction, scenario, "
+              "method, init) should share image_size, model_config (but init) and train_config (but seed, "
+              + ", ".join(SETTINGS_IGNORED[1:]) + "); the fingerprint is the `settings` column of results.csv.",
+              "", *items(notes["mixed_settings"])]
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- predictions
@@ -305,17 +448,24 @@ def error_table(df: pd.DataFrame, baseline: str = "baseline", baseline_init: str
     100 * (MAE mean - baseline MAE mean) / baseline MAE mean (negative =
     better); ``baseline_init``. Display strings: ``Yaw``, ``Pitch``, ``Roll``,
     ``MAE`` ("mean ± std", or "mean" with one seed) and ``Δ vs baseline (%)``
-    ("—" for the baseline rows and where no baseline exists).
+    ("—" for the baseline rows and where no baseline exists). Checks:
+    ``unlearned`` (some run of the row is not clearly below the constant
+    predictor, see :data:`UNLEARNED_RATIO`), ``mixed_settings`` (its runs have
+    different ``settings`` fingerprints) and ``flag`` ("†", "‡", "†‡" or ""),
+    the mark :func:`to_markdown` and :func:`to_latex` put after the MAE.
     """
     _check_df(df, "error_table")
     if df.empty:
         raise ValueError("error_table: the results table is empty (no complete runs)")
-    k = _key_frame(df)
+    k = _key_frame(df).assign(_unlearned=_unlearned_mask(df))
     metrics = [m for m in ("yaw", "pitch", "roll", "mae", "geodesic") if m in k]
     g = k.groupby(list(ROW_KEYS), sort=False)
     agg = g[metrics].agg(["mean", "std"])
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
     agg.insert(0, "n_seeds", g.size())
+    agg["unlearned"] = g["_unlearned"].any()
+    agg["mixed_settings"] = g["settings"].nunique() > 1 if "settings" in k else False
+    agg["flag"] = [("†" if u else "") + ("‡" if m else "") for u, m in zip(agg["unlearned"], agg["mixed_settings"])]
     agg = agg.reset_index()
 
     base = agg[agg["scenario"] == baseline]
@@ -359,7 +509,7 @@ _DISPLAY_VALUES = ("Yaw", "Pitch", "Roll", "MAE", "Δ vs baseline (%)")
 
 
 def _layout(table: pd.DataFrame, pm: str):
-    """Header, body rows (list of lists of str), constant settings, and best-MAE flags."""
+    """Header, body rows (list of lists of str), constant settings, best-MAE flags and marks."""
     if "MAE" not in table or "mae_mean" not in table:
         raise ValueError("to_markdown/to_latex expect the output of hpelib.report.error_table()")
     shown, constant = [], []
@@ -381,7 +531,20 @@ def _layout(table: pd.DataFrame, pm: str):
             cells.append(_pm(r[f"{m}_mean"], r[f"{m}_std"], pm=pm))
         cells.append(_signed(r["delta_pct"]))
         body.append(cells)
-    return header, body, constant, is_best
+    marks = list(table["flag"]) if "flag" in table else [""] * len(table)
+    return header, body, constant, is_best, marks
+
+
+def _mark_notes(marks: Sequence[str]) -> list[str]:
+    """Caption sentences for the marks used in a table."""
+    notes = []
+    if any("†" in m for m in marks):
+        notes.append(f"†: a run of this row is not clearly below the constant predictor (always the mean "
+                     f"training pose): its yaw, pitch, roll or mean error is ≥ {UNLEARNED_RATIO:g} × the "
+                     f"constant predictor's (warnings.md lists them).")
+    if any("‡" in m for m in marks):
+        notes.append("‡: the runs of this row used different training settings (warnings.md lists the keys).")
+    return notes
 
 
 def _fmt_key(v) -> str:
@@ -399,21 +562,24 @@ def to_markdown(table: pd.DataFrame, bold_best: bool = True) -> str:
     move into a caption line. With ``bold_best`` the lowest mean MAE of each
     setting (test set, backbone, label fraction) is bold.
     """
-    header, body, constant, is_best = _layout(table, "±")
+    header, body, constant, is_best, marks = _layout(table, "±")
     mae_col = header.index("MAE")
     lines = []
     caption = "Mean absolute error in degrees (mean ± std over seeds); Δ: relative change of MAE vs baseline."
     if constant:
         caption += " " + "; ".join(constant) + "."
     lines.append(caption)
+    lines += _mark_notes(marks)
     lines.append("")
     lines.append("| " + " | ".join(header) + " |")
     align = ["---" if i < len(header) - 6 else "---:" for i in range(len(header))]
     lines.append("| " + " | ".join(align) + " |")
-    for cells, best in zip(body, is_best):
+    for cells, best, mark in zip(body, is_best, marks):
         cells = list(cells)
         if bold_best and best:
             cells[mae_col] = f"**{cells[mae_col]}**"
+        if mark:
+            cells[mae_col] += f" {mark}"
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -422,13 +588,16 @@ _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
 
 
+_LATEX_SYMBOLS = {"≥": r"$\geq$", "×": r"$\times$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "—": "--"}
+
+
 def _tex(s: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in s)
+    return "".join(_LATEX_ESCAPES.get(ch, _LATEX_SYMBOLS.get(ch, ch)) for ch in s)
 
 
 def to_latex(table: pd.DataFrame, bold_best: bool = True, label: str = "tab:hpe-errors") -> str:
     """A LaTeX ``table`` (booktabs) of an :func:`error_table`; needs ``\\usepackage{booktabs}``."""
-    header, body, constant, is_best = _layout(table, "PM")
+    header, body, constant, is_best, marks = _layout(table, "PM")
     mae_col = header.index("MAE")
     n_keys = len(header) - 6
     head = [_tex(h) for h in header]
@@ -437,13 +606,15 @@ def to_latex(table: pd.DataFrame, bold_best: bool = True, label: str = "tab:hpe-
                "of MAE against the baseline (negative is better).")
     if constant:
         caption += " " + _tex("; ".join(constant)) + "."
+    caption = " ".join([caption] + [_tex(n) for n in _mark_notes(marks)])
     out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
            r"\begin{tabular}{" + "l" * n_keys + "r" * 6 + "}", r"\toprule", " & ".join(head) + r" \\",
            r"\midrule"]
-    for cells, best in zip(body, is_best):
-        cells = [_tex(c).replace(" PM ", r" $\pm$ ").replace("—", "--") for c in cells]
+    for cells, best, mark in zip(body, is_best, marks):
+        cells = [_tex(c).replace(" PM ", r" $\pm$ ") for c in cells]
         if bold_best and best:
             cells[mae_col] = rf"\textbf{{{cells[mae_col]}}}"
+        cells[mae_col] += _tex(mark)
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"
@@ -457,16 +628,18 @@ def paired_tests(df: pd.DataFrame, baseline: str = "baseline", alpha: float = 0.
     Runs are paired by seed within a setting (test set, backbone, label
     fraction). Differences are ``d = metric - baseline metric`` (degrees,
     negative = better). Columns: the row keys, ``baseline_init``, ``n_pairs``,
-    ``mean_diff``, ``std_diff``, ``t_p`` (two-sided paired t-test,
-    ``scipy.stats.ttest_rel``), ``t_p_less`` (one-sided, H1: mean d < 0),
+    ``mean_diff``, ``ci_low`` / ``ci_high`` (95% Student-t interval of the
+    mean difference, NaN with fewer than 2 pairs: its half-width is about the
+    smallest effect these seeds can detect), ``std_diff``, ``t_p``
+    (two-sided paired t-test, ``scipy.stats.ttest_rel``), ``t_p_less`` (one-sided, H1: mean d < 0),
     ``wilcoxon_p_less`` (one-sided Wilcoxon signed-rank, only with
     ``n_pairs >= 6``, else NaN), ``beats_baseline`` (``t_p_less < alpha``)
     and ``note``. With fewer than 2 pairs, or differences of zero variance,
     the p-values are NaN, ``beats_baseline`` is False and ``note`` says why.
     """
     _check_df(df, "paired_tests")
-    cols = list(ROW_KEYS) + ["baseline_init", "n_pairs", "mean_diff", "std_diff", "t_p", "t_p_less",
-                             "wilcoxon_p_less", "beats_baseline", "note"]
+    cols = list(ROW_KEYS) + ["baseline_init", "n_pairs", "mean_diff", "ci_low", "ci_high", "std_diff", "t_p",
+                             "t_p_less", "wilcoxon_p_less", "beats_baseline", "note"]
     k = _key_frame(df)
     base = k[k["scenario"] == baseline]
     if base.empty:
@@ -484,10 +657,13 @@ def paired_tests(df: pd.DataFrame, baseline: str = "baseline", alpha: float = 0.
         d = (g[metric] - g["_base"]).to_numpy(float)
         n = len(d)
         r = dict(zip(ROW_KEYS, keys), baseline_init=g["baseline_init"].iloc[0] if n else None, n_pairs=n,
-                 mean_diff=float(d.mean()) if n else np.nan,
+                 mean_diff=float(d.mean()) if n else np.nan, ci_low=np.nan, ci_high=np.nan,
                  std_diff=float(d.std(ddof=1)) if n > 1 else np.nan,
                  t_p=np.nan, t_p_less=np.nan, wilcoxon_p_less=np.nan, note="")
         notes = []
+        if n >= 2:
+            _, half = _mean_ci(d)
+            r["ci_low"], r["ci_high"] = r["mean_diff"] - half, r["mean_diff"] + half
         if n < 2:
             notes.append("no baseline run with the same seed" if n == 0 else "1 pair: no test possible")
         elif np.allclose(d, d[0]):
@@ -508,14 +684,26 @@ def paired_tests(df: pd.DataFrame, baseline: str = "baseline", alpha: float = 0.
 
 
 def paired_tests_markdown(tests: pd.DataFrame) -> str:
-    """Markdown of :func:`paired_tests` (differences in degrees, p-values to 3 significant digits)."""
-    header = ["Test set", "Labels", "Scenario", "Method", "Init", "pairs", "mean Δ MAE (°)",
+    """Markdown of :func:`paired_tests`: a caption line, then the table.
+
+    Differences in degrees: mean with its 95% interval (``-0.42 [-0.80, -0.05]``)
+    and the interval's half-width (``± detectable``); p-values to 3
+    significant digits.
+    """
+    header = ["Test set", "Labels", "Scenario", "Method", "Init", "pairs", "mean Δ MAE (°)", "± detectable",
               "t-test p (one-sided)", "Wilcoxon p", "beats baseline", "note"]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+    lines = ["Δ: MAE of the method minus MAE of the baseline with the same seed, averaged over seeds (degrees, "
+             "negative = better), with its 95% t-interval; ± detectable: the interval's half-width, about the "
+             "smallest difference these seeds can tell apart from zero.", "",
+             "| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
     for _, r in tests.iterrows():
+        mean, lo, hi = r["mean_diff"], r["ci_low"], r["ci_high"]
+        has_ci = np.isfinite(lo) and np.isfinite(hi)
+        delta = _signed(mean, 2) + (f" [{_signed(lo, 2)}, {_signed(hi, 2)}]" if has_ci else "")
         cells = [_fmt_key(r["test_set"]), _fmt_key(r["label_fraction"]), str(r["scenario"]), str(r["method"]),
-                 _fmt_key(r["init"]), str(r["n_pairs"]), _signed(r["mean_diff"], 2), _p(r["t_p_less"]),
-                 _p(r["wilcoxon_p_less"]), "yes" if r["beats_baseline"] else "no", r["note"] or ""]
+                 _fmt_key(r["init"]), str(r["n_pairs"]), delta, f"±{(hi - lo) / 2:.2f}" if has_ci else "—",
+                 _p(r["t_p_less"]), _p(r["wilcoxon_p_less"]), "yes" if r["beats_baseline"] else "no",
+                 r["note"] or ""]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -649,8 +837,12 @@ def plot_label_efficiency(df: pd.DataFrame, metric: str = "mae", test_set: str |
                           save: str | os.PathLike | None = None):
     """Error against label fraction, one line per scenario/method: mean and 95% t-band over seeds.
 
-    One panel per test set; the x axis is logarithmic when the fractions span
-    a factor of 10 or more.
+    One panel per test set; the legend sits right of the panels (never over
+    the data) and the y axis starts at 0, so that a small spread is not
+    zoomed into a cliff. The x axis is logarithmic when the fractions span a
+    factor of 10 or more; fractions (<= 1) are labelled as percentages. With
+    a single label fraction there is no line to draw: each scenario/method is
+    a point with its 95% error bar, side by side, and the title says so.
     """
     _check_df(df, "plot_label_efficiency")
     if df.empty:
@@ -663,29 +855,97 @@ def plot_label_efficiency(df: pd.DataFrame, metric: str = "mae", test_set: str |
     colors = dict(zip(order, _palette(len(order))))
     markers = "osD^v<>pX*h"
     fr = sub["label_fraction"].astype(float)
-    log_x = fr.min() > 0 and fr.max() / fr.min() >= 10
+    single = fr.nunique() == 1
+    log_x = not single and fr.min() > 0 and fr.max() / fr.min() >= 10
+    fmt = (lambda t: f"{100 * t:g}%") if fr.max() <= 1 else (lambda t: f"{t:g}")  # noqa: E731
+    unit = "fraction of labeled training images" if fr.max() <= 1 else "labeled training images"
     fig, axes = _new_figure(len(sets), width=6.0, height=4.2)
+    fig.set_figwidth(fig.get_figwidth() + 2.5)  # room for the legend right of the panels
+    handles = {}
     for ax, ts in zip(axes, sets):
         s = sub[sub["test_set"] == ts]
         for i, lab in enumerate(order):
             g = s[s["_label"] == lab]
             if g.empty:
                 continue
+            style = dict(marker=markers[i % len(markers)], color=colors[lab], label=lab)
+            if single:
+                m, h = _mean_ci(g[metric].to_numpy(float))
+                handles[lab] = ax.errorbar([i], [m], yerr=[h], linestyle="none", capsize=4, **style)
+                continue
             pts = [(f, *_mean_ci(gg[metric].to_numpy(float))) for f, gg in g.groupby("label_fraction")]
             f, m, h = map(np.asarray, zip(*pts))
-            ax.plot(f, m, marker=markers[i % len(markers)], color=colors[lab], label=lab,
-                    linestyle="--" if g["scenario"].iloc[0] == "baseline" else "-")
+            handles[lab], = ax.plot(f, m, linestyle="--" if g["scenario"].iloc[0] == "baseline" else "-", **style)
             ax.fill_between(f, m - h, m + h, color=colors[lab], alpha=0.15, linewidth=0)
-        if log_x:
-            ax.set_xscale("log")
-        ticks = sorted(s["label_fraction"].astype(float).unique())
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.minorticks_off()
-        unit = "fraction of labeled training images" if fr.max() <= 1 else "labeled training images"
-        ax.set_xlabel(unit + (" (log scale)" if log_x else ""))
+        if single:
+            ax.set_xticks(range(len(order)), order, rotation=30, ha="right", fontsize=8)
+            ax.set_xlim(-0.5, len(order) - 0.5)
+            ax.set_xlabel(f"{unit}: {fmt(fr.iloc[0])} for every run")
+            ax.set_title(f"{ts}: one label fraction ({fmt(fr.iloc[0])}), mean and 95% CI over seeds")
+        else:
+            if log_x:
+                ax.set_xscale("log")
+            ticks = sorted(s["label_fraction"].astype(float).unique())
+            ax.set_xticks(ticks, [fmt(t) for t in ticks])
+            ax.minorticks_off()
+            ax.set_xlabel(unit + (" (log scale)" if log_x else ""))
+            ax.set_title(f"{ts}: label efficiency (mean, 95% CI over seeds)")
+        ax.set_ylim(bottom=0)
         ax.set_ylabel(f"{_metric_title(metric)} (degrees)")
-        ax.set_title(f"{ts}: label efficiency (mean, 95% CI over seeds)")
         ax.grid(alpha=0.3, which="both")
+    axes[-1].legend(handles=[handles[lab] for lab in order if lab in handles], fontsize=8, loc="upper left",
+                    bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    if save is not None:
+        save_figure(fig, save)
+    return fig
+
+
+def _budget_series(df: pd.DataFrame) -> dict:
+    """``{(pretrain_method, label_fraction): rows}`` of the ``pretrain`` scenario with >= 2 pre-training budgets."""
+    if "pretrain_epochs" not in df:
+        return {}
+    pre = df[(df["scenario"] == "pretrain") & df["pretrain_epochs"].notna()]
+    return {key: g for key, g in pre.groupby(["pretrain_method", "label_fraction"])
+            if g["pretrain_epochs"].nunique() >= 2}
+
+
+def plot_pretrain_budget(df: pd.DataFrame, metric: str = "mae", test_set: str | None = None,
+                         save: str | os.PathLike | None = None):
+    """Fine-tuned error against SSL pre-training epochs (0 = the baseline), mean and 95% CI over seeds.
+
+    One line per pre-training method and label fraction, drawn from the
+    ``pretrain`` rows whose ``config.json`` records ``pretrain_epochs`` (a
+    study with ``pretrain_train`` variants); the baseline of the same label
+    fraction is the point at 0 epochs. x axis: symmetric log (0, then 1, 4, 16...).
+    """
+    _check_df(df, "plot_pretrain_budget")
+    series = _budget_series(df)
+    if not series:
+        raise ValueError("plot_pretrain_budget: no pre-training method was run with two or more budgets "
+                         "(pretrain_train: {epochs: ...} variants)")
+    sets, sub = _by_test_set(df, test_set)
+    colors = dict(zip(series, _palette(len(series))))
+    fig, axes = _new_figure(len(sets), width=6.0, height=4.2)
+    for ax, ts in zip(axes, sets):
+        s = sub[sub["test_set"] == ts]
+        for (method, lf), rows in series.items():
+            base = s[(s["scenario"] == "baseline") & (s["label_fraction"] == lf)].assign(pretrain_epochs=0)
+            g = pd.concat([base, rows[rows["test_set"].astype(str) == ts]])
+            pts = [(e, *_mean_ci(gg[metric].to_numpy(float))) for e, gg in g.groupby("pretrain_epochs")]
+            if not pts:
+                continue
+            x, m, h = map(np.asarray, zip(*pts))
+            ax.errorbar(x, m, yerr=h, marker="o", capsize=4, color=colors[(method, lf)],
+                        label=f"{method}, {lf:.0%} labels")
+        budgets = sorted(set(float(e) for _, r in series.items() for e in r["pretrain_epochs"]) | {0.0})
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("SSL pre-training epochs over the unlabeled pool (0 = baseline)")
+        ax.set_ylabel(f"fine-tuned {_metric_title(metric)} (degrees)")
+        ax.set_title(f"{ts}: pre-training budget (mean, 95% CI over seeds)")
+        ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     if save is not None:
         save_figure(fig, save)
@@ -758,17 +1018,29 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, bas
                  baseline_init: str | None = None, angles: Sequence[str] = ("yaw", "pitch")) -> dict[str, Path]:
     """Write every table and figure of a study into ``out_dir``; returns ``{name: path}``.
 
-    Files: ``results.csv``, ``error_table.md``, ``error_table.tex``,
+    Files: ``results.csv``, ``warnings.md`` (always: the :func:`study_warnings`,
+    "none" when clean), ``error_table.md``, ``error_table.tex``,
     ``paired_tests.csv``, ``paired_tests.md``, ``error_by_method.png/.pdf``,
     ``label_efficiency.png/.pdf`` and, when runs saved predictions,
-    ``error_vs_<angle>.png/.pdf``. Raises ``ValueError`` when ``results_dir``
-    holds no complete run.
+    ``error_vs_<angle>.png/.pdf``. Unlearned runs and error-table rows that mix
+    training settings also raise a ``UserWarning`` each. Raises ``ValueError``
+    when ``results_dir`` holds no complete run.
     """
     out = Path(out_dir)
     df = collect(results_dir)
     if df.empty:
         raise ValueError(f"no complete runs (config.json + metrics.json) under {results_dir}")
     paths: dict[str, Path] = {"results_csv": write_results_table(df, out / "results.csv")}
+    notes = study_warnings(df)
+    paths["warnings_md"] = write_text(out / "warnings.md", _warnings_markdown(notes))
+    if notes["unlearned"]:
+        warnings.warn(f"{len(notes['unlearned'])} result row(s) not clearly below the constant predictor "
+                      f"(error >= {UNLEARNED_RATIO:g} x its error; marked † in the error tables, listed in "
+                      f"{paths['warnings_md']}): " + "; ".join(notes["unlearned"]), UserWarning, stacklevel=2)
+    if notes["mixed_settings"]:
+        warnings.warn(f"{len(notes['mixed_settings'])} error-table row(s) average runs with different training "
+                      f"settings (marked ‡, listed in {paths['warnings_md']}): " + "; ".join(notes["mixed_settings"]),
+                      UserWarning, stacklevel=2)
     table = error_table(df, baseline=baseline, baseline_init=baseline_init)
     paths["error_table_md"] = write_text(out / "error_table.md", to_markdown(table))
     paths["error_table_tex"] = write_text(out / "error_table.tex", to_latex(table))
@@ -777,6 +1049,8 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, bas
     paths["paired_tests_md"] = write_text(out / "paired_tests.md", paired_tests_markdown(tests))
     figures = [("error_by_method", lambda: plot_error_by_method(df)),
                ("label_efficiency", lambda: plot_label_efficiency(df))]
+    if _budget_series(df):
+        figures.append(("pretrain_budget", lambda: plot_pretrain_budget(df)))
     preds = collect_predictions(results_dir)
     if not preds.empty:
         figures += [(f"error_vs_{a}", lambda a=a: plot_error_vs_angle(preds, angle=a)) for a in angles]

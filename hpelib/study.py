@@ -96,10 +96,11 @@ TOP_KEYS = {
 }
 DATA_KEYS = {"pretrain", "train", "test"}
 SCENARIO_KEYS = {"variants", "label_fractions", "seeds", "model", "train", "description"}
-VARIANT_KEYS = {"pretrain", "aux", "method", "model", "train"}
+VARIANT_KEYS = {"pretrain", "pretrain_train", "aux", "method", "model", "train"}
 KFOLD_KEYS = {"k", "seed"}
 BLOCKING = ("failed", "skipped (dependency failed)")  # states of a dependency that block its dependants
 TRAIN_SHORT = ("epochs", "batch_size", "lr")
+PRETRAIN_MODEL_KEYS = ("stem",)  # model settings that shape the backbone of an SSL pre-training run
 FOLDS_DIR = ".folds"
 
 
@@ -289,7 +290,10 @@ def _fraction_list(fracs, default_seeds, where) -> list[dict]:
     return out
 
 
-def _method_label(pre, aux: dict) -> str:
+def _method_label(pre, aux: dict, pre_train: dict | None = None) -> str:
+    """``pre+aux1+aux2``; a variant with its own pre-training epochs adds ``-<epochs>ep`` to the method."""
+    if pre and (pre_train or {}).get("epochs") is not None:
+        pre = f"{pre}-{pre_train['epochs']}ep"
     parts = ([pre] if pre else []) + sorted(aux)
     return "+".join(parts) if parts else "none"
 
@@ -329,13 +333,17 @@ def _check_scenario(name, sc, study, default_seeds, where) -> dict:
         _check_model(v.get("model") or {}, vw + ".model")
         _check_keys(v.get("model") or {}, _model_keys(), vw + ".model")
         _check_keys(v.get("train") or {}, _train_keys(), vw + ".train")
-        label = str(v.get("method") or _method_label(pre, aux))
+        pre_train = dict(v.get("pretrain_train") or {})
+        if pre_train and not pre:
+            raise StudyError(f"{vw}: pretrain_train is set but the variant has no 'pretrain' method")
+        _check_keys(pre_train, _train_keys(), vw + ".pretrain_train")
+        label = str(v.get("method") or _method_label(pre, aux, pre_train))
         if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", label):
             raise StudyError(f"{vw}: method label {label!r} may only use letters, digits and _ . + -")
         if label in labels:
             raise StudyError(f"{vw}: two variants of scenario {name!r} are both called {label!r}; give one a 'method' label")
         labels.add(label)
-        out_variants.append({"pretrain": pre, "aux": aux, "method": label,
+        out_variants.append({"pretrain": pre, "pretrain_train": pre_train, "aux": aux, "method": label,
                              "model": dict(v.get("model") or {}), "train": dict(v.get("train") or {})})
     _check_keys(sc.get("model") or {}, _model_keys(), where + ".model")
     _check_keys(sc.get("train") or {}, _train_keys(), where + ".train")
@@ -404,7 +412,8 @@ def expand(study: dict, out: str | os.PathLike) -> list[Run]:
                     deps, init = [], model.get("init", "random")
                     if v["pretrain"]:
                         pre_seed = seed if study.get("pretrain_seed") is None else study["pretrain_seed"]
-                        pre = _pretrain_run(study, v["pretrain"], pre_seed, model, out, nb_dir, pre_runs)
+                        pre = _pretrain_run(study, v["pretrain"], v["pretrain_train"], pre_seed, model, out,
+                                            nb_dir, pre_runs)
                         deps = [pre.run_id]
                         init = str(pre.folder(out) / "model.pt")
                     elif init not in ("random", "imagenet"):
@@ -448,7 +457,8 @@ def expand(study: dict, out: str | os.PathLike) -> list[Run]:
                         if any(r.run_id == run_id for r in train_runs):
                             raise StudyError(f"{study['_file']}: two runs are both called {run_id!r}")
                         train_runs.append(run)
-    runs = list(pre_runs.values()) + train_runs
+    # longest pre-training first: it is the critical path of a study with a pre-training-budget axis
+    runs = sorted(pre_runs.values(), key=lambda r: -int(r.params.get("epochs") or 0)) + train_runs
     # fingerprints: a run's own parameters + those of what it depends on
     fps = {}
     for r in runs:
@@ -458,8 +468,9 @@ def expand(study: dict, out: str | os.PathLike) -> list[Run]:
     return runs
 
 
-def _pretrain_run(study, method, seed, model, out, nb_dir, pre_runs) -> Run:
-    short, extra = _split_train(study["pretrain"])
+def _pretrain_run(study, method, settings, seed, model, out, nb_dir, pre_runs) -> Run:
+    """The pre-training run of ``method`` (training settings: the study's ``pretrain`` < the variant's ``settings``)."""
+    short, extra = _split_train({**study["pretrain"], **settings})
     opts = dict(study["methods"][method])
     opts.pop("weight", None)  # a single pre-training task: its weight is irrelevant
     params = {
@@ -467,6 +478,7 @@ def _pretrain_run(study, method, seed, model, out, nb_dir, pre_runs) -> Run:
         "method_options": opts,
         "data": study["data"]["pretrain"],
         "backbone": model.get("backbone", "resnet18-narrow"),
+        "model_options": {k: model[k] for k in PRETRAIN_MODEL_KEYS if k in model},
         "init": model.get("init", "random") if model.get("init", "random") in ("random", "imagenet")
         else _abs_path(model["init"]),
         "image_size": study["image_size"],
@@ -478,6 +490,8 @@ def _pretrain_run(study, method, seed, model, out, nb_dir, pre_runs) -> Run:
     if key in pre_runs:
         return pre_runs[key]
     run_id = f"pretrain/{method}_s{seed}"
+    if settings.get("epochs") is not None:
+        run_id = f"pretrain/{method}_e{settings['epochs']}_s{seed}"
     if any(r.run_id == run_id for r in pre_runs.values()):
         run_id += f"_{key[:6]}"  # same method/seed but another backbone/init
     params["run_name"] = run_id
@@ -607,7 +621,7 @@ def execute_run(notebook: str, output: str, params: dict, cwd: str, env: dict[st
     try:
         kwargs = {"execution_timeout": timeout_s} if timeout_s else {}
         pm.execute_notebook(notebook, output, parameters=params, kernel_name="python3", cwd=cwd,
-                            progress_bar=False, log_output=False, **kwargs)
+                            progress_bar=False, log_output=False, shutdown_kernel="immediate", **kwargs)
         err = None
         if not (Path(cwd) / "metrics.json").is_file():
             err = {"cell_index": None, "exec_count": None, "ename": "MissingMetrics",

@@ -45,18 +45,24 @@ def test_constant_prediction_metrics_predicts_the_training_mean():
 
 def test_pretraining_then_fine_tuning_writes_what_the_report_reads(specs, tmp_path):
     train_spec, test_spec = specs
-    pre = ex.run_pretraining(tmp_path / "pre", method="rotation", data=train_spec, **TINY)
+    pre = ex.run_pretraining(tmp_path / "pre", method="rotation", data=train_spec, model_options={"stem": "cifar"},
+                             **TINY)
     assert pre["config"]["kind"] == "pretrain" and (tmp_path / "pre" / "model.pt").is_file()
+    assert pre["config"]["model_config"]["stem"] == "cifar"
     assert not (tmp_path / "pre" / "checkpoint.pt").exists()
     run = ex.run_hpe(tmp_path / "runs" / "combined", train_data=train_spec, test_data={"syn": test_spec},
                      scenario="combined", pretrain_method="rotation", init=str(tmp_path / "pre" / "model.pt"),
-                     ssl_tasks={"jigsaw": {"weight": 0.5}}, label_fraction=0.5, **TINY)
+                     ssl_tasks={"jigsaw": {"weight": 0.5}}, label_fraction=0.5, model_options={"stem": "cifar"},
+                     **TINY)
     assert run["config"]["method"] == "rotation+jigsaw" and run["config"]["init"] == "ssl"
+    assert run["config"]["pretrain_epochs"] == TINY["epochs"]  # the pre-training budget, for the report
     metrics = read_json(tmp_path / "runs" / "combined" / "metrics.json")
-    assert metrics["n"] == 16 and metrics["constant_mae"] == pytest.approx(run["constant"]["syn"]["mae"])
+    assert metrics["n"] == 16
+    for angle in ("yaw", "pitch", "roll", "mae"):  # the constant predictor, for the unlearned-run check
+        assert metrics[f"constant_{angle}"] == pytest.approx(run["constant"]["syn"][angle])
     df = collect(tmp_path / "runs")
     assert len(df) == 1 and df.loc[0, "scenario"] == "combined" and df.loc[0, "label_fraction"] == 0.5
-    assert df.loc[0, "mae"] == pytest.approx(metrics["mae"])
+    assert df.loc[0, "mae"] == pytest.approx(metrics["mae"]) and df.loc[0, "pretrain_epochs"] == TINY["epochs"]
 
 
 def test_several_test_sets_get_one_block_and_prediction_file_each(specs, tmp_path):

@@ -61,6 +61,41 @@ def test_backbone_feature_dims():
     assert sum(p.numel() for p in narrow.parameters()) < n18 / 3
 
 
+@pytest.mark.parametrize("size", [32, 48, 64, 224])
+def test_stems_keep_the_resolution_they_promise(size):
+    """The ImageNet stem divides the input by 4 before layer1, the CIFAR stem keeps it; both end pooled."""
+    x = torch.randn(2, 3, size, size)
+    for stem, factor in (("imagenet", 4), ("cifar", 1)):
+        net = build_backbone("resnet18-narrow", stem=stem).eval()
+        stem_out = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        assert stem_out.shape[-1] == size // factor, stem
+        assert net.layer4(net.layer3(net.layer2(net.layer1(stem_out)))).shape[-1] == math.ceil(size / factor / 8)
+        assert net(x).shape == (2, 256)
+    cifar = build_backbone("resnet18", stem="cifar")
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
+    assert isinstance(cifar.maxpool, torch.nn.Identity)
+
+
+def test_stem_is_saved_checked_and_loaded(tmp_path):
+    m = _model(seed=4, stem="cifar").eval()
+    path = tmp_path / "cifar.pt"
+    torch.save({"model_config": m.config.to_dict(), "model": m.state_dict(), "epoch": 1}, path)
+    again = load_model(path).eval()
+    assert again.config.stem == "cifar" and again.backbone.conv1.stride == (1, 1)
+    x, _ = _data(s=32)
+    assert torch.equal(again.predict(x), m.predict(x))
+    dst = _model(seed=5, stem="cifar", init=str(path))  # fine-tuning from a CIFAR-stem checkpoint
+    assert torch.equal(dst.backbone.conv1.weight, m.backbone.conv1.weight)
+    with pytest.raises(ValueError, match=r"cifar\.pt.*stem 'cifar'.*stem 'imagenet'"):
+        _model(init=str(path))
+    with pytest.raises(ValueError, match="choices.*cifar"):
+        ModelConfig.from_dict({**NARROW, "stem": "tiny"})
+    with pytest.raises(ValueError, match="needs stem='imagenet'"):
+        ModelConfig.from_dict({"backbone": "resnet18", "init": "imagenet", "stem": "cifar"})
+    old = {k: v for k, v in m.config.to_dict().items() if k != "stem"}  # checkpoints written before the option
+    assert ModelConfig.from_dict(old).stem == "imagenet"
+
+
 def test_imagenet_init_offline_gives_a_clear_error(monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")

@@ -324,3 +324,229 @@ def test_several_test_sets_with_prediction_files(tmp_path):
     assert len(fig.axes) == 4  # two test-set panels, each with a twin axis of sample counts
     assert len(fig.axes[0].get_lines()) == 6  # one line per run
     assert "Test set" in report.to_markdown(report.error_table(df))
+
+
+# --------------------------------------------------------------------------- checks: unlearned runs, mixed settings
+def angle_metrics(yaw, pitch, roll, constant=None):
+    """Flat metrics with the given angle errors; ``constant``: the constant predictor's (yaw, pitch, roll)."""
+    m = dict(yaw=yaw, pitch=pitch, roll=roll, mae=(yaw + pitch + roll) / 3, geodesic=yaw, n=50, train_time_s=1.0)
+    if constant is not None:
+        m.update({f"constant_{a}": c for a, c in zip(("yaw", "pitch", "roll"), constant)},
+                 constant_mae=sum(constant) / 3)
+    return m
+
+
+def test_collect_constant_columns_and_unlearned_rule(tmp_path):
+    const = (20.0, 10.0, 10.0)  # constant MAE 13.33
+    cases = {"clear": angle_metrics(5.0, 3.0, 3.0, const),
+             "yaw_bad": angle_metrics(16.0, 3.0, 3.0, const),  # 16 = 0.8 x 20: not clearly below
+             "just_below": angle_metrics(15.9, 7.9, 7.9, const),  # every angle < 0.8 x constant
+             "old_mae_only": {**angle_metrics(12.0, 12.0, 12.0), "constant_mae": 13.0},  # 12 >= 10.4
+             "old_none": angle_metrics(30.0, 30.0, 30.0)}  # cannot be checked: not flagged
+    for seed, (name, m) in enumerate(cases.items()):
+        write_run(tmp_path, name, scenario="baseline", method="none", seed=seed, mae=0, metrics=m)
+    df = collect_quiet(tmp_path).set_index("run")
+    for col in ("constant_yaw", "constant_pitch", "constant_roll", "constant_mae", "unlearned", "settings"):
+        assert col in df.columns
+    assert df.loc["clear", "constant_yaw"] == 20.0 and df.loc["clear", "constant_mae"] == pytest.approx(40 / 3)
+    assert np.isnan(df.loc["old_mae_only", "constant_yaw"]) and np.isnan(df.loc["old_none", "constant_mae"])
+    assert df["unlearned"].to_dict() == {"clear": False, "yaw_bad": True, "just_below": False,
+                                         "old_mae_only": True, "old_none": False}
+    assert report.UNLEARNED_RATIO == 0.8
+    notes = report.study_warnings(df.reset_index())
+    assert len(notes["unlearned"]) == 2
+    yaw_line = next(line for line in notes["unlearned"] if line.startswith("yaw_bad"))
+    assert "yaw 16.00 >= 0.8 x 20.00" in yaw_line and "pitch" not in yaw_line
+    assert any(line.startswith("old_mae_only") and "mae 12.00" in line for line in notes["unlearned"])
+    assert notes["unchecked"] == ["old_none [synthetic]"] and notes["mixed_settings"] == []
+
+
+def test_unlearned_in_per_test_set_metrics(tmp_path):
+    write_run(tmp_path, "a", scenario="baseline", method="none", seed=0, mae=0,
+              metrics={"per_test_set": {"aflw2000": angle_metrics(5.0, 5.0, 5.0, (20.0, 10.0, 10.0)),
+                                        "biwi": angle_metrics(5.0, 9.0, 5.0, (20.0, 10.0, 10.0))},
+                       "train_time_s": 2.0})
+    df = collect_quiet(tmp_path).set_index("test_set")
+    assert df.loc["biwi", "constant_pitch"] == 10.0
+    assert not df.loc["aflw2000", "unlearned"] and df.loc["biwi", "unlearned"]
+    assert report.study_warnings(df.reset_index())["unlearned"] == ["a [biwi]: pitch 9.00 >= 0.8 x 10.00"]
+
+
+def test_settings_fingerprint_ignores_seed_init_and_plumbing():
+    cfg = dict(image_size=64, model_config={"backbone": "resnet18", "init": "random", "pose_head": "binned"},
+               train_config={"epochs": 10, "lr": 1e-3, "seed": 0, "num_workers": 0, "progress": True})
+    fp = lambda c: report._fingerprint(report.training_settings(c))  # noqa: E731
+    same = dict(cfg, seed=3, model_config=dict(cfg["model_config"], init="/ckpt/ssl.pt"),
+                train_config=dict(cfg["train_config"], seed=3, num_workers=8, progress=False, device="cuda",
+                                  log_every=1, ddp_find_unused_parameters=True))
+    assert fp(same) == fp(cfg) and len(fp(cfg)) == 8
+    assert fp(dict(cfg, train_config=dict(cfg["train_config"], epochs=5))) != fp(cfg)
+    assert fp(dict(cfg, image_size=32)) != fp(cfg)
+    assert fp(dict(cfg, model_config=dict(cfg["model_config"], pose_head="regression"))) != fp(cfg)
+    assert report.training_settings({}) == {"image_size": None}  # missing keys are tolerated
+    assert report.training_settings(cfg)["train_config.lr"] == 1e-3
+
+
+def mixed_tree(root: Path) -> Path:
+    """Baseline + auxiliary x 3 seeds; auxiliary seed 2 trained for 5 epochs instead of 10 and did not learn."""
+    const = (20.0, 10.0, 10.0)
+    for seed in range(3):
+        for scen, method, errs in [("baseline", "none", (6.0, 4.0, 4.0)), ("auxiliary", "rotation", (5.0, 4.0, 4.0))]:
+            epochs = 5 if (scen == "auxiliary" and seed == 2) else 10
+            if epochs == 5:
+                errs = (17.0, 4.0, 4.0)
+            write_run(root, f"{scen}/s{seed}", scenario=scen, method=method, seed=seed, mae=0,
+                      metrics=angle_metrics(*errs, constant=const),
+                      model_config={"backbone": "resnet18", "init": "imagenet"},
+                      train_config={"epochs": epochs, "lr": 1e-3, "seed": seed, "num_workers": seed})
+    return root
+
+
+def test_error_table_marks_unlearned_and_mixed_groups(tmp_path):
+    df = collect_quiet(mixed_tree(tmp_path))
+    assert len(df) == 6 and df["unlearned"].sum() == 1
+    assert df.loc[df.scenario == "baseline", "settings"].nunique() == 1  # seed and num_workers do not count
+    assert df.loc[df.scenario == "auxiliary", "settings"].nunique() == 2
+    t = report.error_table(df).set_index("scenario")
+    assert t.loc["auxiliary", "n_seeds"] == 3  # nothing dropped
+    assert t.loc["auxiliary", "unlearned"] and t.loc["auxiliary", "mixed_settings"] and t.loc["auxiliary", "flag"] == "†‡"
+    assert not t.loc["baseline", "unlearned"] and t.loc["baseline", "flag"] == ""
+    md = report.to_markdown(t.reset_index())
+    aux = next(line for line in md.splitlines() if "| auxiliary |" in line)
+    base = next(line for line in md.splitlines() if "| baseline |" in line)
+    mae = t.loc["auxiliary", "MAE"]
+    assert f"{mae} †‡" in aux and "†" not in base and "‡" not in base
+    caption = md.split("\n\n")[0]
+    assert "†" in caption and "0.8" in caption and "constant predictor" in caption and "‡" in caption
+    tex = report.to_latex(t.reset_index())
+    assert r"$^\dagger$$^\ddagger$" in tex and "†" not in tex and "≥" not in tex and r"$\geq$ 0.8" in tex
+    # a clean table has no marks and no mark captions
+    clean = report.to_markdown(report.error_table(df[df.scenario == "baseline"]))
+    assert "†" not in clean and "‡" not in clean
+
+
+def test_build_report_warns_and_lists_problems(tmp_path):
+    with pytest.warns(UserWarning) as rec:
+        paths = report.build_report(mixed_tree(tmp_path / "res"), tmp_path / "out")
+    msgs = [str(w.message) for w in rec]
+    unl = next(m for m in msgs if "constant predictor" in m)
+    assert "auxiliary-s2" in unl and "yaw 17.00" in unl and "auxiliary-s0" not in unl
+    mix = next(m for m in msgs if "training settings" in m)
+    assert "auxiliary: rotation" in mix and "train_config.epochs (10 vs 5)" in mix
+    assert all(f"auxiliary-s{s}" in mix for s in range(3)) and "baseline-s" not in mix
+    text = Path(paths["warnings_md"]).read_text()
+    assert "auxiliary-s2 [synthetic]: yaw 17.00 >= 0.8 x 20.00" in text and "train_config.epochs" in text
+    assert "- none" not in text
+    assert "‡" in Path(paths["error_table_md"]).read_text()
+
+
+def test_build_report_clean_warnings_md(tree, tmp_path):
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        paths = report.build_report(tree, tmp_path / "out")
+    assert not [w for w in rec if "constant predictor" in str(w.message) or "training settings" in str(w.message)]
+    text = Path(paths["warnings_md"]).read_text()
+    assert text.count("- none") == 2 and "Not checked (18 rows" in text
+
+
+# --------------------------------------------------------------------------- paired tests: interval
+def test_paired_test_confidence_interval():
+    df = paired_df(shift=-1.0, n_seeds=5, noise=0.3)
+    r = report.paired_tests(df).iloc[0]
+    d = (df[df.scenario == "auxiliary"]["mae"].to_numpy() - df[df.scenario == "baseline"]["mae"].to_numpy())
+    lo, hi = stats_t_interval(d)
+    assert r["ci_low"] == pytest.approx(lo) and r["ci_high"] == pytest.approx(hi)
+    assert r["ci_low"] < r["mean_diff"] < r["ci_high"] < 0  # significant: the interval excludes 0
+    md = report.paired_tests_markdown(report.paired_tests(df))
+    header = next(line for line in md.splitlines() if line.startswith("| Test set"))
+    assert "mean Δ MAE (°)" in header and "± detectable" in header and "t-test p" in header
+    row = md.splitlines()[-1]
+    assert f"{r['mean_diff']:+.2f} [{lo:+.2f}, {hi:+.2f}]" in row and f"±{(hi - lo) / 2:.2f}" in row
+    one = report.paired_tests(paired_df(shift=-1.0, n_seeds=1))
+    assert np.isnan(one.iloc[0]["ci_low"]) and np.isnan(one.iloc[0]["ci_high"])
+    assert "[" not in report.paired_tests_markdown(one).splitlines()[-1]
+
+
+def stats_t_interval(d):
+    from scipy import stats
+
+    return stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+
+
+# --------------------------------------------------------------------------- label-efficiency figure
+def efficiency_df(fractions, seeds=3) -> pd.DataFrame:
+    rows = []
+    for lf in fractions:
+        for s in range(seeds):
+            for scen, method, mae in [("baseline", "none", 10.0), ("pretrain", "rotation", 9.8),
+                                      ("auxiliary", "jigsaw", 10.2)]:
+                rows.append(dict(scenario=scen, method=method, init="imagenet", label_fraction=lf, seed=s,
+                                 test_set="aflw2000", backbone="resnet18", mae=mae + 0.1 * s - 2 * np.log(lf)))
+    return pd.DataFrame(rows)
+
+
+def legend_is_right_of_axes(fig) -> bool:
+    fig.draw_without_rendering()
+    ax, leg = fig.axes[0], fig.axes[0].get_legend()
+    box, fig_box = leg.get_window_extent(), fig.bbox
+    return box.x0 >= ax.get_window_extent().x1 and box.x1 <= fig_box.x1 + 1
+
+
+def test_label_efficiency_single_fraction_draws_error_bars():
+    from matplotlib.collections import LineCollection
+    from matplotlib.container import ErrorbarContainer
+
+    fig = report.plot_label_efficiency(efficiency_df([0.2]))
+    ax = fig.axes[0]
+    assert len(ax.containers) == 3 and all(isinstance(c, ErrorbarContainer) for c in ax.containers)
+    # no bands (fill_between), no connecting lines: only the error bars' line collections
+    assert all(type(c) is LineCollection for c in ax.collections)
+    data_lines = [c.lines[0] for c in ax.containers]
+    assert all(len(line.get_xdata()) == 1 and line.get_linestyle() == "None" for line in data_lines)
+    assert len({line.get_xdata()[0] for line in data_lines}) == 3  # side by side, not on top of each other
+    bars = [c.lines[2][0].get_segments()[0][:, 1] for c in ax.containers]
+    assert all(np.ptp(b) > 0 for b in bars)  # 3 seeds: real error bars
+    assert "one label fraction (20%)" in ax.get_title()
+    assert ax.get_ylim()[0] == 0
+    assert legend_is_right_of_axes(fig)
+
+
+def test_label_efficiency_two_fractions_linear_lines():
+    fig = report.plot_label_efficiency(efficiency_df([0.5, 1.0]))
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear" and len(ax.get_lines()) == 3 and not ax.containers
+    assert all(len(line.get_xdata()) == 2 for line in ax.get_lines())
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["50%", "100%"]
+    assert ax.get_ylim()[0] == 0 and legend_is_right_of_axes(fig)
+
+
+def test_label_efficiency_four_fractions_log_percent_ticks():
+    fig = report.plot_label_efficiency(efficiency_df([0.02, 0.05, 0.2, 1.0]))
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and len(ax.get_lines()) == 3
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2%", "5%", "20%", "100%"]
+    assert ax.get_ylim()[0] == 0 and legend_is_right_of_axes(fig)
+    assert len(ax.get_legend().get_texts()) == 3
+
+
+def test_pretrain_budget_figure(tmp_path):
+    """Budgets 1, 4, 16 epochs of rotation pre-training plus the baseline at 0: one line of 4 points."""
+    root = tmp_path / "results"
+    for seed, off in SEED_OFFSETS.items():
+        write_run(root, f"baseline/none/s{seed}", scenario="baseline", method="none", seed=seed, mae=12 + off)
+        for epochs, mae in ((1, 11.5), (4, 10.0), (16, 9.0)):
+            write_run(root, f"pretrain/rotation-{epochs}ep/s{seed}", scenario="pretrain",
+                      method=f"rotation-{epochs}ep", pretrain_method="rotation", init="ssl", seed=seed,
+                      mae=mae + off, pretrain_epochs=epochs)
+    df = collect_quiet(root)
+    assert sorted(df["pretrain_epochs"].dropna().unique()) == [1, 4, 16]
+    fig = report.plot_pretrain_budget(df)
+    ax = fig.axes[0]
+    (line,) = ax.get_lines()[:1]
+    assert list(line.get_xdata()) == [0, 1, 4, 16]
+    assert np.allclose(line.get_ydata(), [12, 11.5, 10, 9])
+    assert ax.get_xscale() == "symlog" and ax.get_ylim()[0] == 0
+    paths = report.build_report(root, tmp_path / "report")
+    assert Path(paths["pretrain_budget_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="two or more budgets"):  # a study without a budget axis
+        report.plot_pretrain_budget(df[df["pretrain_epochs"].isna() | (df["pretrain_epochs"] == 4)])

@@ -275,3 +275,23 @@ def test_kfold_runs_are_pooled(tiny):
     tiny["fail"].write_text("baseline/none/lf0.5_s0/.folds/f1\n")
     assert st.run_study(tiny["yaml"], tiny["out"]) == 1
     assert not (pooled / "metrics.json").exists()
+
+
+def test_pretraining_budget_variants_get_their_own_pretraining(tiny):
+    text = tiny["yaml"].read_text().replace(
+        "  pretrain: [{pretrain: rotation}, {pretrain: jigsaw}]",
+        "  pretrain: [{pretrain: rotation}, {pretrain: rotation, pretrain_train: {epochs: 4}}]")
+    text = text.replace("model: {backbone: resnet18-narrow}", "model: {backbone: resnet18-narrow, stem: cifar}")
+    tiny["yaml"].write_text(text)
+    runs = {r.run_id: r for r in st.expand(st.load_study(tiny["yaml"]), tiny["out"])}
+    assert "pretrain/rotation_s0" in runs and "pretrain/rotation_e4_s0" in runs
+    assert runs["pretrain/rotation_s0"].params["epochs"] == 1
+    assert runs["pretrain/rotation_e4_s0"].params["epochs"] == 4
+    assert runs["pretrain/rotation_e4_s0"].params["model_options"] == {"stem": "cifar"}
+    budget = runs["pretrain/rotation-4ep/lf0.5_s0"]
+    assert budget.deps == ["pretrain/rotation_e4_s0"] and budget.params["model_options"]["stem"] == "cifar"
+    assert runs["pretrain/rotation/lf0.5_s0"].deps == ["pretrain/rotation_s0"]
+    tiny["yaml"].write_text(text.replace("{pretrain: rotation, pretrain_train: {epochs: 4}}",
+                                         "{aux: rotation, pretrain_train: {epochs: 4}}"))
+    with pytest.raises(st.StudyError, match="pretrain_train.*no 'pretrain'"):
+        st.load_study(tiny["yaml"])

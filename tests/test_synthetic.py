@@ -160,7 +160,7 @@ def test_generate_synthetic_caches_and_reuses(tmp_path, monkeypatch):
     assert np.array_equal(np.asarray(images), render_heads(poses, 20, seed=4))
     mem, _ = generate_synthetic(None, 7, 20, seed=4, batch_size=5, progress=False)
     assert np.array_equal(mem, np.asarray(images))
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")
     assert files == sorted(p.name for p in syn.cache_paths(tmp_path, 7, 20, 4)), files  # no temporaries left
     assert f"-r{syn.RENDERER_VERSION}-" in files[0]
 
@@ -173,6 +173,29 @@ def test_generate_synthetic_caches_and_reuses(tmp_path, monkeypatch):
     assert np.array_equal(np.asarray(again), np.asarray(images)) and np.array_equal(poses2, poses)
     with pytest.raises(AssertionError, match="rendered"):  # another key is not served from this cache
         generate_synthetic(tmp_path, 7, 20, seed=5, progress=False)
+
+
+def test_concurrent_generation_renders_once(tmp_path, monkeypatch):
+    """Parallel runs of a study asking for the same set: one renders, the others wait and load it."""
+    import threading
+
+    calls = []
+    real = syn.render_heads
+
+    def counted(poses, *args, **kwargs):
+        calls.append(len(poses))
+        return real(poses, *args, **kwargs)
+
+    monkeypatch.setattr(syn, "render_heads", counted)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        generate_synthetic(tmp_path, 6, 16, seed=2, batch_size=6, progress=False))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [6]  # one render of the 6 heads, not three
+    assert len(results) == 3 and all(np.array_equal(np.asarray(r[0]), np.asarray(results[0][0])) for r in results)
 
 
 def test_incomplete_cache_is_rebuilt(tmp_path):

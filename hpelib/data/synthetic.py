@@ -82,7 +82,7 @@ from pathlib import Path
 import numpy as np
 
 from hpelib.angles import euler_to_matrix, head_rotation
-from hpelib.io import atomic_write
+from hpelib.io import atomic_write, file_lock
 
 __all__ = [
     "RENDERER_VERSION",
@@ -574,19 +574,28 @@ def generate_synthetic(cache_dir, n: int, size: int, seed: int, batch_size: int 
     (read-only). A later call with the same key loads them without rendering.
     ``cache_dir=None`` renders in memory only.
     """
-    from tqdm.auto import tqdm
-
     n = _check_int(n, "n", 1)
     size = _check_int(size, "size", 4)
     seed = _check_int(seed, "seed", 0)
     batch_size = _check_int(batch_size, "batch_size", 1)
     supersample = _check_int(supersample, "supersample", 1)
 
-    if cache_dir is not None:
-        img_path, pose_path = cache_paths(cache_dir, n, size, seed, supersample)
+    if cache_dir is None:
+        return _render_set(n, size, seed, batch_size, supersample, progress, None, None)
+    img_path, pose_path = cache_paths(cache_dir, n, size, seed, supersample)
+    cached = _load_cached(img_path, pose_path, n, size)
+    if cached is not None:
+        return cached
+    with file_lock(img_path.with_suffix(".lock")):  # parallel runs of a study render a set once
         cached = _load_cached(img_path, pose_path, n, size)
         if cached is not None:
             return cached
+        return _render_set(n, size, seed, batch_size, supersample, progress, img_path, pose_path)
+
+
+def _render_set(n, size, seed, batch_size, supersample, progress, img_path, pose_path):
+    """Render ``n`` heads into memory (``img_path`` None) or into the cache files."""
+    from tqdm.auto import tqdm
 
     poses = sample_poses(n, seed)
 
@@ -597,7 +606,7 @@ def generate_synthetic(cache_dir, n: int, size: int, seed: int, batch_size: int 
                 out[i:j] = render_heads(poses[i:j], size, seed, start_index=i, supersample=supersample)
                 bar.update(j - i)
 
-    if cache_dir is None:
+    if img_path is None:
         images = np.empty((n, size, size, 3), np.uint8)
         fill(images)
         return images, poses

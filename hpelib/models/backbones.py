@@ -11,6 +11,17 @@ Names (:data:`BACKBONES`):
 Every backbone is a torchvision ``ResNet`` whose ``fc`` is ``nn.Identity``, so
 its state-dict keys are torchvision's (``conv1.weight``, ``layer1.0...``).
 
+Stem (``stem``, :data:`STEMS`):
+
+* ``"imagenet"``: torchvision's 7x7 stride-2 convolution + 3x3 stride-2 max-pool
+  (input / 4 after the stem; the paper's ResNet50 at 224 px, 7x7 maps at the
+  last stage);
+* ``"cifar"``: a 3x3 stride-1 convolution and no max-pool, as the small-image
+  ResNets of He et al. (CIFAR) and SimCLR's CIFAR variant. At 32-64 px it keeps
+  the spatial resolution that the ImageNet stem throws away (a 32 px input
+  leaves 4x4 maps at the last stage instead of 1x1), at 16x the compute of the
+  ImageNet stem for the same input size. ImageNet weights do not fit it.
+
 Initialisation (``init``):
 
 * ``"random"``: torchvision's (Kaiming-normal convolutions, unit BN);
@@ -35,10 +46,19 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from .files import plain_state_dict, read_checkpoint
 
-__all__ = ["BACKBONES", "build_backbone", "NarrowResNet18", "load_backbone_checkpoint", "IMAGENET_WEIGHTS"]
+__all__ = ["BACKBONES", "STEMS", "build_backbone", "NarrowResNet18", "load_backbone_checkpoint", "IMAGENET_WEIGHTS"]
 
 IMAGENET_WEIGHTS = {"resnet50": ResNet50_Weights.IMAGENET1K_V2, "resnet18": ResNet18_Weights.IMAGENET1K_V1}
 BACKBONES = ("resnet50", "resnet18", "resnet18-narrow")
+STEMS = ("imagenet", "cifar")
+
+
+def use_cifar_stem(net: ResNet) -> None:
+    """Replace ``net``'s 7x7/2 conv + max-pool by a 3x3 stride-1 conv (same key ``conv1.weight``, no max-pool)."""
+    width = net.conv1.out_channels
+    net.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.maxpool = nn.Identity()
 
 
 class NarrowResNet18(ResNet):
@@ -76,12 +96,17 @@ def _imagenet_state_dict(name: str) -> dict:
         ) from err
 
 
-def build_backbone(name: str, init: str = "random") -> nn.Module:
+def build_backbone(name: str, init: str = "random", stem: str = "imagenet") -> nn.Module:
     """A backbone with attribute ``feat_dim``; ``init`` is ``random``/``imagenet`` (checkpoints: see build_model)."""
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choices: {list(BACKBONES)}")
     if init not in ("random", "imagenet"):
         raise ValueError(f"build_backbone: init must be 'random' or 'imagenet', got {init!r}")
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choices: {list(STEMS)}")
+    if stem == "cifar" and init == "imagenet":
+        raise ValueError("init='imagenet' needs stem='imagenet' (the ImageNet weights are those of a 7x7 "
+                         "stride-2 stem); use stem='imagenet' or init='random'")
     if name == "resnet18-narrow":
         if init == "imagenet":
             raise ValueError("init='imagenet' is not available for backbone 'resnet18-narrow' (no pretrained "
@@ -91,13 +116,15 @@ def build_backbone(name: str, init: str = "random") -> nn.Module:
         net = {"resnet50": resnet50, "resnet18": resnet18}[name](weights=None)
         if init == "imagenet":
             net.load_state_dict(_imagenet_state_dict(name))
+    if stem == "cifar":
+        use_cifar_stem(net)
     feat_dim = net.fc.in_features
     net.fc = nn.Identity()
     net.feat_dim = feat_dim
     return net
 
 
-def load_backbone_checkpoint(backbone: nn.Module, path, backbone_name: str) -> None:
+def load_backbone_checkpoint(backbone: nn.Module, path, backbone_name: str, stem: str = "imagenet") -> None:
     """Copy the ``backbone.*`` weights of the hpelib checkpoint ``path`` into ``backbone``."""
     path = Path(path)
     if not path.is_file():
@@ -108,6 +135,10 @@ def load_backbone_checkpoint(backbone: nn.Module, path, backbone_name: str) -> N
     if saved is not None and saved != backbone_name:
         raise ValueError(f"init checkpoint {path} holds a {saved!r} backbone, but this model uses "
                          f"{backbone_name!r}; set backbone: {saved!r} or use another checkpoint")
+    saved_stem = (ckpt.get("model_config") or {}).get("stem", "imagenet")
+    if saved_stem != stem:
+        raise ValueError(f"init checkpoint {path} was trained with stem {saved_stem!r}, but this model uses "
+                         f"stem {stem!r}; set stem: {saved_stem!r} or use another checkpoint")
     state = {}
     for key, value in plain_state_dict(ckpt["model"]).items():
         if key.startswith("backbone."):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 
 from hpelib.ssl import TASKS, task_options
 
-from .backbones import BACKBONES
+from .backbones import BACKBONES, STEMS
 from .heads import POSE_HEADS
 
 __all__ = ["ModelConfig"]
@@ -19,6 +19,9 @@ class ModelConfig:
     """The model of a run.
 
     * ``backbone``: ``resnet50`` (paper), ``resnet18``, ``resnet18-narrow`` (CPU);
+    * ``stem``: ``imagenet`` (7x7 stride-2 conv + max-pool, the paper's) or
+      ``cifar`` (3x3 stride-1 conv, no max-pool: for 32-64 px inputs), see
+      :mod:`hpelib.models.backbones`;
     * ``init``: ``random``, ``imagenet``, or the path of an hpelib checkpoint whose
       backbone weights initialise this backbone (SSL pre-training -> fine-tuning);
     * ``pose_head``: ``binned`` (Hopenet), ``regression``, ``6d`` (6DRepNet) or
@@ -32,6 +35,7 @@ class ModelConfig:
     """
 
     backbone: str = "resnet50"
+    stem: str = "imagenet"
     init: str = "random"
     pose_head: str | None = "binned"
     pose_options: dict = field(default_factory=dict)
@@ -71,6 +75,11 @@ class ModelConfig:
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choices: {list(BACKBONES)}")
+        if self.stem not in STEMS:
+            raise ValueError(f"unknown stem {self.stem!r}; choices: {list(STEMS)}")
+        if self.init == "imagenet" and self.stem != "imagenet":
+            raise ValueError("init='imagenet' needs stem='imagenet' (the ImageNet weights are those of a 7x7 "
+                             "stride-2 stem); use stem='imagenet' or init='random'")
         if not isinstance(self.init, str) or not self.init:
             raise ValueError(f"init must be 'random', 'imagenet' or a checkpoint path, got {self.init!r}")
         if self.init == "imagenet" and self.backbone == "resnet18-narrow":

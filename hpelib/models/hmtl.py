@@ -44,9 +44,9 @@ class HMTLModel(nn.Module):
         super().__init__()
         self.config = config
         builtin = config.init in ("random", "imagenet")
-        self.backbone = build_backbone(config.backbone, config.init if builtin else "random")
+        self.backbone = build_backbone(config.backbone, config.init if builtin else "random", config.stem)
         if not builtin:
-            load_backbone_checkpoint(self.backbone, config.init, config.backbone)
+            load_backbone_checkpoint(self.backbone, config.init, config.backbone, config.stem)
         self.feat_dim = self.backbone.feat_dim
         self.pose_head = (build_pose_head(config.pose_head, self.feat_dim, **config.pose_options)
                           if config.pose_head is not None else None)

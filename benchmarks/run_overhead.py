@@ -1,0 +1,138 @@
+"""Fixed cost of one study run: where the seconds of a tiny train run go (not a test).
+
+One real head pose run, executed as the study runner executes it (a one-run
+study YAML -> ``hpelib.study.load_study``/``expand`` -> ``execute_run``, i.e.
+papermill on ``notebooks/train.ipynb`` in a fresh kernel), on synthetic images
+rendered once before timing. The breakdown comes from the run itself:
+
+* kernel start / shutdown: from papermill's notebook start and end times to
+  the first cell's start and from the last cell's end (papermill records the
+  times in the executed notebook's metadata);
+* imports: the notebook's import cell (``import hpelib.experiment`` ...);
+* data sets, model + engine, evaluation: from the run cell's start and the
+  times ``config.json`` (written once the data sets are built), ``model.pt``
+  (end of training) and ``predictions.csv`` (end of evaluation) were written;
+* training: ``train_time_s`` of ``metrics.json`` (the engine's own timer);
+* fixed cost = total - training.
+
+``--immediate-shutdown`` adds a column of runs whose kernel is killed once the
+last cell is done (papermill's ``shutdown_kernel="immediate"``) instead of
+being asked to exit, runs of both kinds interleaved.
+
+    python benchmarks/run_overhead.py --n 256 --size 32 --epochs 2 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import papermill
+import yaml
+
+from hpelib import study as st
+from hpelib.data import build_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def one_run(run, folder: Path, immediate: bool) -> dict:
+    """Execute ``run`` in ``folder`` as ``run_study`` does; returns the breakdown in seconds."""
+    folder.mkdir(parents=True)
+    out_nb = folder / "train.ipynb"
+    execute = papermill.execute_notebook
+    if immediate:  # execute_run looks pm.execute_notebook up at each call
+        papermill.execute_notebook = lambda *a, **k: execute(*a, **{"shutdown_kernel": "immediate", **k})
+    try:
+        res = st.execute_run(str(run.notebook), str(out_nb), dict(run.params, out_dir=str(folder)), str(folder),
+                             st._kernel_env(1, None))
+    finally:
+        papermill.execute_notebook = execute
+    if not res["ok"]:
+        sys.exit(f"run failed: {res['error']} (see {folder}/kernel.log)")
+    nb = json.loads(out_nb.read_text())
+    cells = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    meta = [c["metadata"]["papermill"] for c in cells]
+    src = ["".join(c["source"]) for c in cells]
+    i_imp = next(i for i, s in enumerate(src) if "import hpelib" in s or "from hpelib" in s)
+    i_run = next(i for i, s in enumerate(src) if "run_hpe(" in s and i != i_imp)
+    mtime = {f: (folder / f).stat().st_mtime for f in ("config.json", "model.pt", "predictions.csv")}
+    t_run = _ts(meta[i_run]["start_time"])
+    total, train = res["seconds"], json.loads((folder / "metrics.json").read_text())["train_time_s"]
+    cells_sum = sum(m["duration"] for m in meta)
+    start = min(_ts(m["start_time"]) for m in meta) - _ts(nb["metadata"]["papermill"]["start_time"])
+    stop = _ts(nb["metadata"]["papermill"]["end_time"]) - max(_ts(m["end_time"]) for m in meta)
+    return {
+        "total": total,
+        "kernel start": start,
+        "imports (import cell)": meta[i_imp]["duration"],
+        "data sets (run cell until config.json)": mtime["config.json"] - t_run,
+        "training (train_time_s)": train,
+        "model build, checkpoints, model.pt": mtime["model.pt"] - mtime["config.json"] - train,
+        "evaluation (model.pt -> predictions)": mtime["predictions.csv"] - mtime["model.pt"],
+        "other cells (params, rest, plot, table)": (cells_sum - meta[i_imp]["duration"]
+                                                    - (mtime["predictions.csv"] - t_run)),
+        "kernel shutdown": stop,
+        "papermill in the caller": total - start - cells_sum - stop,
+        "fixed cost (total - training)": total - train,
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=256, help="training images")
+    ap.add_argument("--n-test", type=int, default=64, help="test images")
+    ap.add_argument("--size", type=int, default=32, help="image size")
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--backbone", default="resnet18-narrow")
+    ap.add_argument("--repeats", type=int, default=3, help="runs (per column); medians are printed")
+    ap.add_argument("--immediate-shutdown", action="store_true", help="also time runs with an immediate kernel kill")
+    ap.add_argument("--notebooks", default=str(REPO / "notebooks"), help="folder with train.ipynb")
+    args = ap.parse_args(argv)
+
+    modes = [False, True] if args.immediate_shutdown else [False]
+    with tempfile.TemporaryDirectory(prefix="hpelib-overhead-") as tmp:
+        tmp = Path(tmp)
+        cache = tmp / "synthetic"
+        train = {"name": "synthetic", "root": str(cache), "split": "train", "n": args.n}
+        test = {"name": "synthetic", "root": str(cache), "split": "test", "n": args.n_test}
+        for spec in (train, test):  # render once, outside the timed runs
+            build_dataset(**spec, image_size=args.size)
+        study = {"name": "overhead", "notebooks": args.notebooks, "report": False, "image_size": args.size,
+                 "model": {"backbone": args.backbone}, "data": {"train": train, "test": {"synthetic": test}},
+                 "train": {"epochs": args.epochs, "batch_size": args.batch_size},
+                 "scenarios": {"baseline": [{}]}, "seeds": [0]}
+        (tmp / "study.yaml").write_text(yaml.safe_dump(study))
+        (run,) = st.expand(st.load_study(tmp / "study.yaml"), tmp / "out")
+
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import hpelib.experiment"], check=True, cwd=REPO)
+        bare_import = time.perf_counter() - t0
+        rows = {m: [] for m in modes}
+        for i in range(args.repeats):
+            for m in modes:
+                rows[m].append(one_run(run, tmp / f"run{i}-{int(m)}", m))
+
+    print(f"one train run via hpelib.study.execute_run: {args.n} synthetic images at {args.size}px, {args.epochs} "
+          f"epoch(s), batch {args.batch_size}, {args.backbone}, {args.n_test} test images; "
+          f"median of {args.repeats} run(s) [s, share of total]")
+    print(f"  {'':40s}" + "".join(f"{'immediate shutdown' if m else 'as the study runs':>24s}" for m in modes))
+    med = {m: {k: statistics.median(r[k] for r in rows[m]) for k in rows[m][0]} for m in modes}
+    for key in med[False]:
+        print(f"  {key:40s}" + "".join(f"{med[m][key]:9.2f} s ({med[m][key] / med[m]['total']:6.1%})" for m in modes))
+    print(f"  (python -c 'import hpelib.experiment' in a fresh process: {bare_import:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
