@@ -15,9 +15,10 @@ rendered once before timing. The breakdown comes from the run itself:
 * training: ``train_time_s`` of ``metrics.json`` (the engine's own timer);
 * fixed cost = total - training.
 
-``--immediate-shutdown`` adds a column of runs whose kernel is killed once the
-last cell is done (papermill's ``shutdown_kernel="immediate"``) instead of
-being asked to exit, runs of both kinds interleaved.
+The study runner kills a run's kernel once its last cell is done (papermill's
+``shutdown_kernel="immediate"``); ``--graceful-shutdown`` adds a column of runs
+whose kernel is asked to exit instead (papermill's default), runs of both kinds
+interleaved, to show what that saves.
 
     python benchmarks/run_overhead.py --n 256 --size 32 --epochs 2 --repeats 3
 """
@@ -46,13 +47,13 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def one_run(run, folder: Path, immediate: bool) -> dict:
+def one_run(run, folder: Path, graceful: bool) -> dict:
     """Execute ``run`` in ``folder`` as ``run_study`` does; returns the breakdown in seconds."""
     folder.mkdir(parents=True)
     out_nb = folder / "train.ipynb"
     execute = papermill.execute_notebook
-    if immediate:  # execute_run looks pm.execute_notebook up at each call
-        papermill.execute_notebook = lambda *a, **k: execute(*a, **{"shutdown_kernel": "immediate", **k})
+    if graceful:  # execute_run looks pm.execute_notebook up at each call
+        papermill.execute_notebook = lambda *a, **k: execute(*a, **{**k, "shutdown_kernel": "graceful"})
     try:
         res = st.execute_run(str(run.notebook), str(out_nb), dict(run.params, out_dir=str(folder)), str(folder),
                              st._kernel_env(1, None))
@@ -97,11 +98,12 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--backbone", default="resnet18-narrow")
     ap.add_argument("--repeats", type=int, default=3, help="runs (per column); medians are printed")
-    ap.add_argument("--immediate-shutdown", action="store_true", help="also time runs with an immediate kernel kill")
+    ap.add_argument("--graceful-shutdown", action="store_true",
+                    help="also time runs whose kernel is asked to exit (papermill's default) instead of killed")
     ap.add_argument("--notebooks", default=str(REPO / "notebooks"), help="folder with train.ipynb")
     args = ap.parse_args(argv)
 
-    modes = [False, True] if args.immediate_shutdown else [False]
+    modes = [False, True] if args.graceful_shutdown else [False]
     with tempfile.TemporaryDirectory(prefix="hpelib-overhead-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "synthetic"
@@ -127,7 +129,7 @@ def main(argv=None) -> None:
     print(f"one train run via hpelib.study.execute_run: {args.n} synthetic images at {args.size}px, {args.epochs} "
           f"epoch(s), batch {args.batch_size}, {args.backbone}, {args.n_test} test images; "
           f"median of {args.repeats} run(s) [s, share of total]")
-    print(f"  {'':40s}" + "".join(f"{'immediate shutdown' if m else 'as the study runs':>24s}" for m in modes))
+    print(f"  {'':40s}" + "".join(f"{'graceful shutdown' if m else 'as the study runs':>24s}" for m in modes))
     med = {m: {k: statistics.median(r[k] for r in rows[m]) for k in rows[m][0]} for m in modes}
     for key in med[False]:
         print(f"  {key:40s}" + "".join(f"{med[m][key]:9.2f} s ({med[m][key] / med[m]['total']:6.1%})" for m in modes))
