@@ -131,6 +131,26 @@ def test_cached_training_items_equal_uncached(tiny_300w_lp, tmp_path):
             torch.testing.assert_close(plain[i], cached[i])
 
 
+def test_parallel_builders_decode_the_cache_once(tiny_300w_lp, tmp_path, monkeypatch):
+    """Runs that start together on the same data (a study with --jobs N) decode the images once."""
+    import threading
+
+    from hpelib.data.base import PoseDataset
+
+    decoded = []
+    real = PoseDataset.decode_base
+    monkeypatch.setattr(PoseDataset, "decode_base", lambda self, i: decoded.append(i) or real(self, i))
+    built = []
+    threads = [threading.Thread(target=lambda: built.append(
+        build_dataset("300w_lp", root=tiny_300w_lp, train=False, image_size=24, cache_dir=tmp_path)))
+        for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 3 and sorted(decoded) == list(range(len(built[0])))
+
+
 def test_random_crop_from_outer_cache_matches_direct_crop(tiny_300w_lp):
     """The k-box cut out of the cached k=0.4 crop equals cropping the k-box from the image (up to resampling)."""
     ds = build_dataset("300w_lp", root=tiny_300w_lp, train=True, image_size=24, flip=False, cache_resolution=96)

@@ -15,9 +15,10 @@ Sizes: ``B`` is the image size for evaluation sets and ``cache_resolution``
 
 The file is written once, completely, under a temporary name and renamed
 into place (:func:`hpelib.io.atomic_write`): an interrupted build leaves no
-cache, and several processes (DDP ranks) building the same file at once is
-safe (the last rename wins; the contents are identical). It is then opened
-read-only with ``mmap_mode="r"``, lazily in each DataLoader worker.
+cache; processes that need the same file at once (DDP ranks, parallel runs
+of a study) take a file lock beside it, so one decodes and the others wait.
+It is then opened read-only with ``mmap_mode="r"``, lazily in each
+DataLoader worker.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from ..io import atomic_write, write_json
+from ..io import atomic_write, file_lock, write_json
 
 __all__ = ["CropCache"]
 
@@ -67,9 +68,19 @@ class CropCache:
         return valid
 
     def ensure(self, dataset, num_workers: int | None = None) -> Path:
-        """Build the cache file from ``dataset.decode_base`` unless a valid one exists."""
+        """Build the cache file from ``dataset.decode_base`` unless a valid one exists.
+
+        Processes that need the same file at once (parallel runs of a study)
+        wait on a lock beside it: one decodes, the others then find it built.
+        """
         if self.exists():
             return self.path
+        with file_lock(self.path.with_suffix(".lock")):
+            if not self.exists():
+                self._build(dataset, num_workers)
+        return self.path
+
+    def _build(self, dataset, num_workers: int | None) -> None:
         n = self.shape[0]
         if num_workers is None:
             num_workers = 0 if n < 512 else min(4, os.cpu_count() or 1)
@@ -87,7 +98,6 @@ class CropCache:
         atomic_write(self.path, write)
         write_json(self.path.with_suffix(".json"), {"file": self.path.name, "shape": list(self.shape),
                                                    "key": self.key, "dataset": getattr(dataset, "dataset_id", "")})
-        return self.path
 
     def array(self) -> np.ndarray:
         """The read-only memmap ``[N, B, B, 3]`` (opened on first use in each process)."""

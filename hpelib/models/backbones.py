@@ -53,6 +53,15 @@ BACKBONES = ("resnet50", "resnet18", "resnet18-narrow")
 STEMS = ("imagenet", "cifar")
 
 
+def check_stem(stem: str, init: str) -> None:
+    """``ValueError`` for an unknown stem, or ImageNet weights asked for with another stem."""
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choices: {list(STEMS)}")
+    if stem != "imagenet" and init == "imagenet":
+        raise ValueError("init='imagenet' needs stem='imagenet' (the ImageNet weights are those of a 7x7 "
+                         "stride-2 stem); use stem='imagenet' or init='random'")
+
+
 def use_cifar_stem(net: ResNet) -> None:
     """Replace ``net``'s 7x7/2 conv + max-pool by a 3x3 stride-1 conv (same key ``conv1.weight``, no max-pool)."""
     width = net.conv1.out_channels
@@ -102,11 +111,7 @@ def build_backbone(name: str, init: str = "random", stem: str = "imagenet") -> n
         raise ValueError(f"unknown backbone {name!r}; choices: {list(BACKBONES)}")
     if init not in ("random", "imagenet"):
         raise ValueError(f"build_backbone: init must be 'random' or 'imagenet', got {init!r}")
-    if stem not in STEMS:
-        raise ValueError(f"unknown stem {stem!r}; choices: {list(STEMS)}")
-    if stem == "cifar" and init == "imagenet":
-        raise ValueError("init='imagenet' needs stem='imagenet' (the ImageNet weights are those of a 7x7 "
-                         "stride-2 stem); use stem='imagenet' or init='random'")
+    check_stem(stem, init)
     if name == "resnet18-narrow":
         if init == "imagenet":
             raise ValueError("init='imagenet' is not available for backbone 'resnet18-narrow' (no pretrained "

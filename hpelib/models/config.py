@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 
 from hpelib.ssl import TASKS, task_options
 
-from .backbones import BACKBONES, STEMS
+from .backbones import BACKBONES, check_stem
 from .heads import POSE_HEADS
 
 __all__ = ["ModelConfig"]
@@ -75,11 +75,7 @@ class ModelConfig:
     def validate(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choices: {list(BACKBONES)}")
-        if self.stem not in STEMS:
-            raise ValueError(f"unknown stem {self.stem!r}; choices: {list(STEMS)}")
-        if self.init == "imagenet" and self.stem != "imagenet":
-            raise ValueError("init='imagenet' needs stem='imagenet' (the ImageNet weights are those of a 7x7 "
-                             "stride-2 stem); use stem='imagenet' or init='random'")
+        check_stem(self.stem, self.init)
         if not isinstance(self.init, str) or not self.init:
             raise ValueError(f"init must be 'random', 'imagenet' or a checkpoint path, got {self.init!r}")
         if self.init == "imagenet" and self.backbone == "resnet18-narrow":
