@@ -254,13 +254,20 @@ def _scenario_rank(s: pd.Series) -> pd.Series:
     return s.map(lambda v: order.get(v, len(order)))
 
 
+def _natural(s: pd.Series) -> pd.Series:
+    """Sort key that orders numbers inside labels by value (``rotation-4ep`` before ``rotation-16ep``)."""
+    return s.astype(str).str.replace(r"\d+", lambda m: m.group(0).zfill(8), regex=True)
+
+
 def _sort(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df
     keys = [k for k in ("test_set", "backbone", "label_fraction") if k in df]
     tmp = df.assign(_rank=_scenario_rank(df["scenario"]))
-    by = keys + ["_rank"] + [k for k in ("method", "init", "seed") if k in df]
-    return tmp.sort_values(by, kind="stable", na_position="last").drop(columns="_rank")
+    if "method" in tmp:
+        tmp["_method"] = _natural(tmp["method"])
+    by = keys + ["_rank"] + [k for k in ("_method", "init", "seed") if k in tmp]
+    return tmp.sort_values(by, kind="stable", na_position="last").drop(columns=["_rank", "_method"], errors="ignore")
 
 
 def write_results_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -333,6 +340,12 @@ def study_warnings(df: pd.DataFrame) -> dict[str, list[str]]:
                 out["mixed_settings"].append(f"{_group_name(dict(zip(ROW_KEYS, keys)))}: runs {runs}; "
                                              f"differing: {differ}")
     return out
+
+
+def _first(lines: list[str], k: int = 3) -> str:
+    """The first ``k`` lines joined, and how many more ``warnings.md`` lists."""
+    more = f"; ... and {len(lines) - k} more" if len(lines) > k else ""
+    return "; ".join(lines[:k]) + more
 
 
 def _warnings_markdown(notes: dict[str, list[str]]) -> str:
@@ -1021,8 +1034,9 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, bas
     Files: ``results.csv``, ``warnings.md`` (always: the :func:`study_warnings`,
     "none" when clean), ``error_table.md``, ``error_table.tex``,
     ``paired_tests.csv``, ``paired_tests.md``, ``error_by_method.png/.pdf``,
-    ``label_efficiency.png/.pdf`` and, when runs saved predictions,
-    ``error_vs_<angle>.png/.pdf``. Unlearned runs and error-table rows that mix
+    ``label_efficiency.png/.pdf``, ``pretrain_budget.png/.pdf`` when a
+    pre-training method was run with several budgets and, when runs saved
+    predictions, ``error_vs_<angle>.png/.pdf``. Unlearned runs and error-table rows that mix
     training settings also raise a ``UserWarning`` each. Raises ``ValueError``
     when ``results_dir`` holds no complete run.
     """
@@ -1036,10 +1050,10 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, bas
     if notes["unlearned"]:
         warnings.warn(f"{len(notes['unlearned'])} result row(s) not clearly below the constant predictor "
                       f"(error >= {UNLEARNED_RATIO:g} x its error; marked † in the error tables, listed in "
-                      f"{paths['warnings_md']}): " + "; ".join(notes["unlearned"]), UserWarning, stacklevel=2)
+                      f"{paths['warnings_md']}): " + _first(notes["unlearned"]), UserWarning, stacklevel=2)
     if notes["mixed_settings"]:
         warnings.warn(f"{len(notes['mixed_settings'])} error-table row(s) average runs with different training "
-                      f"settings (marked ‡, listed in {paths['warnings_md']}): " + "; ".join(notes["mixed_settings"]),
+                      f"settings (marked ‡, listed in {paths['warnings_md']}): " + _first(notes["mixed_settings"]),
                       UserWarning, stacklevel=2)
     table = error_table(df, baseline=baseline, baseline_init=baseline_init)
     paths["error_table_md"] = write_text(out / "error_table.md", to_markdown(table))

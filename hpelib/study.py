@@ -560,7 +560,10 @@ def pool_folds(out: Path, group: str, folds: list[Run]) -> Path:
     Writes ``predictions*.csv`` (the folds' rows concatenated), ``config.json``
     (the folds' config without the fold number, plus ``kfold`` and ``folds``)
     and, last, ``metrics.json``: the errors recomputed over all predictions
-    with :mod:`hpelib.metrics` and ``train_time_s`` summed over the folds.
+    with :mod:`hpelib.metrics`, ``train_time_s`` summed over the folds, and the
+    constant predictor's errors (``constant_*``, each fold predicting its own
+    training mean) averaged over the folds weighted by their test images, which
+    is their mean over all images.
     """
     import numpy as np
     import pandas as pd
@@ -588,6 +591,11 @@ def pool_folds(out: Path, group: str, folds: list[Run]) -> Path:
         ok = ~np.isnan(true).any(1)
         test_set = name[len("predictions_"):-4] if name.startswith("predictions_") else cfg.get("test_set")
         per_set[test_set] = summarize(pred[ok], true[ok])
+        blocks = [m.get("per_test_set", {}).get(test_set, m) for m in fold_metrics]
+        weights = np.array([b.get("n", 0) for b in blocks], float)
+        for key in ("constant_yaw", "constant_pitch", "constant_roll", "constant_mae"):
+            if all(key in b for b in blocks) and weights.sum() > 0:
+                per_set[test_set][key] = float(np.dot(weights, [b[key] for b in blocks]) / weights.sum())
     train_time = float(sum(m.get("train_time_s", 0.0) for m in fold_metrics))
     if len(per_set) == 1 and files == ["predictions.csv"]:
         metrics = dict(next(iter(per_set.values())), train_time_s=train_time)

@@ -540,6 +540,8 @@ def test_pretrain_budget_figure(tmp_path):
                       mae=mae + off, pretrain_epochs=epochs)
     df = collect_quiet(root)
     assert sorted(df["pretrain_epochs"].dropna().unique()) == [1, 4, 16]
+    methods = list(dict.fromkeys(report.error_table(df)["method"]))  # numbers in labels sort by value
+    assert methods == ["none", "rotation-1ep", "rotation-4ep", "rotation-16ep"]
     fig = report.plot_pretrain_budget(df)
     ax = fig.axes[0]
     (line,) = ax.get_lines()[:1]

@@ -46,7 +46,8 @@ fold = kfold["fold"] if kfold else 0
 (out / "predictions.csv").write_text(
     "name,yaw_true,pitch_true,roll_true,yaw_pred,pitch_pred,roll_pred\\n"
     f"img{fold},10,0,0,{10 + 2 * (fold + 1)},0,0\\n")
-(out / "metrics.json").write_text(json.dumps({"mae": 1.0, "n": 1, "train_time_s": 5.0}))
+(out / "metrics.json").write_text(json.dumps({"mae": 1.0, "n": 1, "train_time_s": 5.0,
+                                             "constant_yaw": 20.0 + 10 * fold, "constant_mae": 10.0}))
 """
 
 
@@ -267,6 +268,9 @@ def test_kfold_runs_are_pooled(tiny):
     # every image once; yaw errors 2, 4 -> 3; MAE = mean over the 3 angles; times summed
     assert m["n"] == 2 and m["yaw"] == pytest.approx(3.0) and m["mae"] == pytest.approx(1.0)
     assert m["geodesic"] == pytest.approx(3.0) and m["train_time_s"] == 10.0
+    # the constant predictor's errors: each fold's, weighted by its test images (1 each)
+    assert m["constant_yaw"] == pytest.approx(25.0) and m["constant_mae"] == pytest.approx(10.0)
+    assert "constant_pitch" not in m  # no fold reported it
     cfg = json.loads((pooled / "config.json").read_text())
     assert cfg["run"] == "baseline/none/lf0.5_s0" and cfg["kfold"] == {"k": 2, "seed": 7}
     assert len((pooled / "predictions.csv").read_text().strip().splitlines()) == 3
