@@ -14,7 +14,9 @@ is documented in ``docs/STUDY.md``; ``studies/default.yaml`` is a commented
 example. Every run is one executed notebook in its own folder:
 
 * ``<out>/pretrain/<method>_s<seed>/`` -- SSL pre-training (``notebooks/pretrain.ipynb``);
-  its ``model.pt`` initialises every fine-tune that uses this method and seed;
+  its ``model.pt`` initialises every fine-tune that uses this method and seed
+  (``<method>_e<epochs>_s<seed>`` for a variant with its own budget,
+  ``pretrain_train: {epochs: E}``: a pre-training-budget axis);
 * ``<out>/<scenario>/<method>/lf<fraction>_s<seed>/`` -- head pose training +
   test (``notebooks/train.ipynb``); in a k-fold study the folds run in
   ``.../lf<fraction>_s<seed>/.folds/f<fold>/`` and are pooled into the
