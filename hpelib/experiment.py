@@ -90,7 +90,11 @@ def constant_prediction_metrics(train_poses: np.ndarray, test_poses: np.ndarray)
 
 
 def constant_columns(constant: dict) -> dict:
-    """``constant_yaw/pitch/roll/mae``: the constant predictor's errors as stored in ``metrics.json``."""
+    """``constant_yaw/pitch/roll/mae``: the constant predictor's errors as stored in ``metrics.json``.
+
+    The names are :data:`hpelib.report.CONSTANT_KEYS` (the report reads them; not imported here so that
+    a run's kernel does not load the report's plotting and statistics stack).
+    """
     return {f"constant_{k}": float(constant[k]) for k in ("yaw", "pitch", "roll", "mae")}
 
 

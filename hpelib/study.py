@@ -571,6 +571,7 @@ def pool_folds(out: Path, group: str, folds: list[Run]) -> Path:
     import pandas as pd
 
     from .metrics import summarize
+    from .report import CONSTANT_KEYS
 
     out = Path(out)
     dest = out / group
@@ -595,7 +596,7 @@ def pool_folds(out: Path, group: str, folds: list[Run]) -> Path:
         per_set[test_set] = summarize(pred[ok], true[ok])
         blocks = [m.get("per_test_set", {}).get(test_set, m) for m in fold_metrics]
         weights = np.array([b.get("n", 0) for b in blocks], float)
-        for key in ("constant_yaw", "constant_pitch", "constant_roll", "constant_mae"):
+        for key in CONSTANT_KEYS:
             if all(key in b for b in blocks) and weights.sum() > 0:
                 per_set[test_set][key] = float(np.dot(weights, [b[key] for b in blocks]) / weights.sum())
     train_time = float(sum(m.get("train_time_s", 0.0) for m in fold_metrics))

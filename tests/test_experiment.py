@@ -4,7 +4,7 @@ import pytest
 
 from hpelib import experiment as ex
 from hpelib.io import read_json
-from hpelib.report import collect
+from hpelib.report import CONSTANT_KEYS, collect
 
 TINY = dict(image_size=32, epochs=1, batch_size=16, lr=1e-3, train_options={"max_steps_per_epoch": 2})
 
@@ -60,6 +60,7 @@ def test_pretraining_then_fine_tuning_writes_what_the_report_reads(specs, tmp_pa
     assert metrics["n"] == 16
     for angle in ("yaw", "pitch", "roll", "mae"):  # the constant predictor, for the unlearned-run check
         assert metrics[f"constant_{angle}"] == pytest.approx(run["constant"]["syn"][angle])
+    assert set(CONSTANT_KEYS) <= set(metrics)  # the names the report and the k-fold pooling read
     df = collect(tmp_path / "runs")
     assert len(df) == 1 and df.loc[0, "scenario"] == "combined" and df.loc[0, "label_fraction"] == 0.5
     assert df.loc[0, "mae"] == pytest.approx(metrics["mae"]) and df.loc[0, "pretrain_epochs"] == TINY["epochs"]
