@@ -1,8 +1,8 @@
 """Fixed cost of one study run: where the seconds of a tiny train run go (not a test).
 
 One real head pose run, executed as the study runner executes it (a one-run
-study YAML -> ``hpelib.study.load_study``/``expand`` -> ``execute_run``, i.e.
-papermill on ``notebooks/train.ipynb`` in a fresh kernel), on synthetic images
+study YAML -> ``hpelib.study.load_study``/``expand`` -> ``hpelib.study.execute.Execution``,
+i.e. papermill on ``notebooks/train.ipynb`` in a child process and a fresh kernel), on synthetic images
 rendered once before timing. The breakdown comes from the run itself:
 
 * kernel start / shutdown: from papermill's notebook start and end times to
@@ -16,9 +16,10 @@ rendered once before timing. The breakdown comes from the run itself:
 * fixed cost = total - training.
 
 The study runner kills a run's kernel once its last cell is done (papermill's
-``shutdown_kernel="immediate"``); ``--graceful-shutdown`` adds a column of runs
-whose kernel is asked to exit instead (papermill's default), runs of both kinds
-interleaved, to show what that saves.
+``shutdown_kernel="immediate"``); measured with this script, asking the kernel
+to exit instead (papermill's default) cost 1.5 s more per run.
+"process start" is the child process that runs papermill (Python start and
+the papermill import) and papermill's own work outside the kernel.
 
     python benchmarks/run_overhead.py --n 256 --size 32 --epochs 2 --repeats 3
 """
@@ -34,11 +35,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import papermill
 import yaml
 
 from hpelib import study as st
 from hpelib.data import build_dataset
+from hpelib.runs import CONFIG, MODEL, PREDICTIONS, RunFolder
+from hpelib.study.execute import Execution, kernel_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,18 +49,15 @@ def _ts(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def one_run(run, folder: Path, graceful: bool) -> dict:
+def one_run(run, folder: Path) -> dict:
     """Execute ``run`` in ``folder`` as ``run_study`` does; returns the breakdown in seconds."""
     folder.mkdir(parents=True)
     out_nb = folder / "train.ipynb"
-    execute = papermill.execute_notebook
-    if graceful:  # execute_run looks pm.execute_notebook up at each call
-        papermill.execute_notebook = lambda *a, **k: execute(*a, **{**k, "shutdown_kernel": "graceful"})
-    try:
-        res = st.execute_run(str(run.notebook), str(out_nb), dict(run.params, out_dir=str(folder)), str(folder),
-                             st._kernel_env(1, None))
-    finally:
-        papermill.execute_notebook = execute
+    t0 = time.perf_counter()
+    execution = Execution(run, folder, kernel_env(1, None))
+    while (res := execution.poll()) is None:
+        time.sleep(0.05)
+    total = time.perf_counter() - t0
     if not res["ok"]:
         sys.exit(f"run failed: {res['error']} (see {folder}/kernel.log)")
     nb = json.loads(out_nb.read_text())
@@ -67,9 +66,9 @@ def one_run(run, folder: Path, graceful: bool) -> dict:
     src = ["".join(c["source"]) for c in cells]
     i_imp = next(i for i, s in enumerate(src) if "import hpelib" in s or "from hpelib" in s)
     i_run = next(i for i, s in enumerate(src) if "run_hpe(" in s and i != i_imp)
-    mtime = {f: (folder / f).stat().st_mtime for f in ("config.json", "model.pt", "predictions.csv")}
+    mtime = {f: (folder / f).stat().st_mtime for f in (CONFIG, MODEL, PREDICTIONS)}
     t_run = _ts(meta[i_run]["start_time"])
-    total, train = res["seconds"], json.loads((folder / "metrics.json").read_text())["train_time_s"]
+    train = RunFolder(folder).read_metrics()["train_time_s"]
     cells_sum = sum(m["duration"] for m in meta)
     start = min(_ts(m["start_time"]) for m in meta) - _ts(nb["metadata"]["papermill"]["start_time"])
     stop = _ts(nb["metadata"]["papermill"]["end_time"]) - max(_ts(m["end_time"]) for m in meta)
@@ -77,14 +76,14 @@ def one_run(run, folder: Path, graceful: bool) -> dict:
         "total": total,
         "kernel start": start,
         "imports (import cell)": meta[i_imp]["duration"],
-        "data sets (run cell until config.json)": mtime["config.json"] - t_run,
+        "data sets (run cell until config.json)": mtime[CONFIG] - t_run,
         "training (train_time_s)": train,
-        "model build, checkpoints, model.pt": mtime["model.pt"] - mtime["config.json"] - train,
-        "evaluation (model.pt -> predictions)": mtime["predictions.csv"] - mtime["model.pt"],
+        "model build, checkpoints, model.pt": mtime[MODEL] - mtime[CONFIG] - train,
+        "evaluation (model.pt -> predictions)": mtime[PREDICTIONS] - mtime[MODEL],
         "other cells (params, rest, plot, table)": (cells_sum - meta[i_imp]["duration"]
-                                                    - (mtime["predictions.csv"] - t_run)),
+                                                    - (mtime[PREDICTIONS] - t_run)),
         "kernel shutdown": stop,
-        "papermill in the caller": total - start - cells_sum - stop,
+        "process start, papermill outside the kernel": total - start - cells_sum - stop,
         "fixed cost (total - training)": total - train,
     }
 
@@ -98,12 +97,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--backbone", default="resnet18-narrow")
     ap.add_argument("--repeats", type=int, default=3, help="runs (per column); medians are printed")
-    ap.add_argument("--graceful-shutdown", action="store_true",
-                    help="also time runs whose kernel is asked to exit (papermill's default) instead of killed")
     ap.add_argument("--notebooks", default=str(REPO / "notebooks"), help="folder with train.ipynb")
     args = ap.parse_args(argv)
 
-    modes = [False, True] if args.graceful_shutdown else [False]
     with tempfile.TemporaryDirectory(prefix="hpelib-overhead-") as tmp:
         tmp = Path(tmp)
         cache = tmp / "synthetic"
@@ -121,18 +117,14 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import hpelib.experiment"], check=True, cwd=REPO)
         bare_import = time.perf_counter() - t0
-        rows = {m: [] for m in modes}
-        for i in range(args.repeats):
-            for m in modes:
-                rows[m].append(one_run(run, tmp / f"run{i}-{int(m)}", m))
+        rows = [one_run(run, tmp / f"run{i}") for i in range(args.repeats)]
 
-    print(f"one train run via hpelib.study.execute_run: {args.n} synthetic images at {args.size}px, {args.epochs} "
-          f"epoch(s), batch {args.batch_size}, {args.backbone}, {args.n_test} test images; "
+    print(f"one train run as the study runner executes it: {args.n} synthetic images at {args.size}px, "
+          f"{args.epochs} epoch(s), batch {args.batch_size}, {args.backbone}, {args.n_test} test images; "
           f"median of {args.repeats} run(s) [s, share of total]")
-    print(f"  {'':40s}" + "".join(f"{'graceful shutdown' if m else 'as the study runs':>24s}" for m in modes))
-    med = {m: {k: statistics.median(r[k] for r in rows[m]) for k in rows[m][0]} for m in modes}
-    for key in med[False]:
-        print(f"  {key:40s}" + "".join(f"{med[m][key]:9.2f} s ({med[m][key] / med[m]['total']:6.1%})" for m in modes))
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    for key, value in med.items():
+        print(f"  {key:45s}{value:9.2f} s ({value / med['total']:6.1%})")
     print(f"  (python -c 'import hpelib.experiment' in a fresh process: {bare_import:.2f} s)")
 
 

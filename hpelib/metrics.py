@@ -13,8 +13,9 @@ Geodesic error
     The angle of the rotation between the predicted and true matrices; it has
     no representation ambiguity at all.
 
-Means are taken over samples, so the figures do not depend on the batch size
-used to compute them (see :class:`PoseErrorMeter`).
+Means are taken over samples (:func:`summarize`), so the figures do not
+depend on the batch size used to compute the predictions. A pose whose angles
+are not all finite (NaN) marks an unlabelled sample: :func:`labelled_rows`.
 """
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ def _matrices(x) -> np.ndarray:
     return euler_to_matrix(a.reshape(-1, 3))
 
 
+def labelled_rows(poses) -> np.ndarray:
+    """Boolean mask ``[N]`` of the rows of ``poses [N, 3]`` that carry a label (all three angles finite)."""
+    return np.isfinite(np.asarray(poses, dtype=np.float64).reshape(-1, 3)).all(1)
+
+
 def summarize(pred, target) -> dict:
     """Mean errors: ``yaw``, ``pitch``, ``roll``, ``mae`` (mean of the three) and ``geodesic``, plus ``n``."""
     e = angle_errors(pred, target)
@@ -70,24 +76,3 @@ def summarize_errors(angle_err: np.ndarray, geo_err: np.ndarray) -> dict:
     out["geodesic"] = float(np.mean(geo_err))
     out["n"] = int(len(angle_err))
     return out
-
-
-class PoseErrorMeter:
-    """Accumulates per-sample predictions and targets over batches."""
-
-    def __init__(self):
-        self.preds: list[np.ndarray] = []
-        self.targets: list[np.ndarray] = []
-
-    def update(self, pred, target) -> None:
-        self.preds.append(np.asarray(torch.as_tensor(pred).detach().float().cpu(), dtype=np.float64).reshape(-1, 3))
-        self.targets.append(np.asarray(torch.as_tensor(target).detach().float().cpu(), dtype=np.float64).reshape(-1, 3))
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.preds:
-            return np.zeros((0, 3)), np.zeros((0, 3))
-        return np.concatenate(self.preds), np.concatenate(self.targets)
-
-    def compute(self) -> dict:
-        p, t = self.arrays()
-        return summarize(p, t)

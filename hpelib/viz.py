@@ -8,21 +8,31 @@ colours Hopenet's ``draw_axis`` uses. The projection is orthographic: a
 frontal pose draws the z axis as a point. Ground truth is drawn solid, a
 prediction dashed.
 
+Also the figures of a run: its loss curves (:func:`plot_losses`), the
+histograms of its test errors (:func:`error_histograms`) and its predictions
+drawn on the data set's images (:func:`prediction_grid`, with
+:func:`extreme_predictions` to pick the best and worst).
+
 Figures are :class:`matplotlib.figure.Figure` objects built without pyplot
 (no global state, no backend needed); Jupyter shows them inline when they are
 the last value of a cell, and ``fig.savefig`` writes them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from .angles import project_axes
+from .runs import ERROR_COLUMNS, PRED_COLUMNS, with_errors
 
-__all__ = ["AXIS_COLORS", "display_image", "draw_pose_axes", "pose_grid", "dataset_grid", "extreme_predictions"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["AXIS_COLORS", "display_image", "draw_pose_axes", "pose_grid", "dataset_grid", "extreme_predictions",
+           "prediction_grid", "plot_losses", "error_histograms"]
 
 #: colours of the head's x, y and z axes
 AXIS_COLORS = ("tab:red", "tab:green", "tab:blue")
@@ -135,13 +145,67 @@ def extreme_predictions(predictions, k: int = 6, error: str = "mae_err"):
 
     ``predictions`` is a ``predictions.csv`` as a DataFrame (see
     :func:`hpelib.engine.evaluate`); ``error`` is a column, or ``mae_err`` (the
-    mean of the three angle errors, computed when absent). Unlabeled rows
-    (NaN error) are left out.
+    mean of the three angle errors, added by :func:`hpelib.runs.with_errors`
+    when absent). Unlabeled rows (NaN error) are left out.
     """
-    df = predictions.copy()
-    if error == "mae_err" and "mae_err" not in df:
-        df["mae_err"] = df[["yaw_err", "pitch_err", "roll_err"]].mean(axis=1, skipna=False)
+    df = with_errors(predictions) if error == "mae_err" and "mae_err" not in predictions else predictions
     if error not in df:
         raise ValueError(f"predictions have no column {error!r}; columns: {list(df.columns)}")
     df = df[np.isfinite(df[error].to_numpy(float))].sort_values(error, kind="stable")
     return df.head(k), df.tail(k).iloc[::-1]
+
+
+def prediction_grid(dataset, rows: pd.DataFrame, title: str, ncols: int = 6) -> Figure:
+    """The samples of a predictions table with their true (solid) and predicted (dashed) axes.
+
+    ``rows``: rows of a ``predictions.csv`` made on ``dataset`` (e.g. one of
+    :func:`extreme_predictions`), found in the data set by ``name``
+    (``dataset.names``). Each title gives the true pose and the sample's MAE.
+    Raises ``ValueError``, naming one, when a name is not in the data set.
+    """
+    index = {str(name): i for i, name in enumerate(dataset.names)}
+    names = [str(name) for name in rows["name"]]
+    missing = [name for name in names if name not in index]
+    if missing:
+        raise ValueError(f"{len(missing)} prediction names are not in the data set (e.g. {missing[0]!r}): "
+                         "the predictions must come from an evaluation on this data set")
+    rows = rows if "mae_err" in rows else with_errors(rows)
+    preds = list(rows[list(PRED_COLUMNS)].to_numpy(float, copy=True))  # writable: torch warns otherwise
+    fig = dataset_grid(dataset, indices=[index[name] for name in names], preds=preds, ncols=ncols, suptitle=title)
+    for ax, err in zip(fig.axes, rows["mae_err"]):
+        ax.set_title(ax.get_title() + f"\nMAE {err:.1f}", fontsize=7)
+    return fig
+
+
+def plot_losses(losses: pd.DataFrame, title: str) -> Figure:
+    """Loss curves: one line per column of ``losses`` (per-epoch means indexed by epoch, as
+    :meth:`hpelib.runs.RunFolder.losses` gives them), with markers, on a log y axis."""
+    if losses.empty:
+        raise ValueError("plot_losses: no losses to draw")
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
+    for name in losses.columns:
+        ax.plot(losses.index, losses[name], marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean loss")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def error_histograms(predictions: pd.DataFrame, bins: int = 20) -> Figure:
+    """Histograms of the yaw, pitch, roll and geodesic errors of a predictions table (unlabeled rows left out).
+
+    Error columns missing from ``predictions`` are computed (:func:`hpelib.runs.with_errors`).
+    """
+    df = with_errors(predictions)
+    fig = Figure(figsize=(9, 2.8))
+    axes = fig.subplots(1, len(ERROR_COLUMNS), sharey=True)
+    for ax, col in zip(axes, ERROR_COLUMNS):
+        ax.hist(df[col].dropna(), bins=bins)
+        ax.set_xlabel(col.replace("_err", " error (deg)"))
+    axes[0].set_ylabel("images")
+    fig.tight_layout()
+    return fig

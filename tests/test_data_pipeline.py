@@ -259,8 +259,7 @@ def test_kfold_tests_every_index_once(tiny_biwi_raw):
 
 # ------------------------------------------------------------------ synthetic wrapper
 def test_synthetic_wrapper_contract(monkeypatch, tmp_path):
-    import sys
-    import types
+    from hpelib.data import synthetic
 
     calls = []
 
@@ -269,7 +268,7 @@ def test_synthetic_wrapper_contract(monkeypatch, tmp_path):
         rng = np.random.default_rng(seed)
         return rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8), rng.uniform(-60, 60, (n, 3)).astype(np.float32)
 
-    monkeypatch.setitem(sys.modules, "hpelib.data.synthetic", types.SimpleNamespace(generate_synthetic=fake_generate))
+    monkeypatch.setattr(synthetic, "generate_synthetic", fake_generate)  # the loader looks it up at each call
     tr = build_dataset("synthetic", root=tmp_path, split="train", n=5, image_size=16, train=True)
     te = build_dataset("synthetic", root=tmp_path, split="test", n=3, image_size=16, train=False)
     assert [c[1:] for c in calls] == [(5, 16, 0), (3, 16, 1)]

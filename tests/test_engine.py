@@ -1,7 +1,6 @@
 """hpelib.engine: config, schedule, train/pretrain/evaluate, checkpoints, exact resume, NaN guard."""
 from __future__ import annotations
 
-import csv
 import json
 import math
 
@@ -10,11 +9,13 @@ import pytest
 import torch
 
 from hpelib.data import build_dataset
-from hpelib.engine import TrainConfig, evaluate, load_checkpoint, pretrain, train
+from hpelib.engine import Evaluation, TrainConfig, evaluate, load_checkpoint, pretrain, train
 from hpelib.engine import checkpoint as C
 from hpelib.engine.cli import main as cli_main
 from hpelib.engine.config import LRSchedule
+from hpelib.metrics import angle_errors, geodesic_errors
 from hpelib.models import HMTLModel
+from hpelib.runs import PREDICTION_COLUMNS
 
 SIZE = 32
 MODEL = {"backbone": "resnet18-narrow", "pose_head": "regression", "ssl_tasks": {"rotation": {"weight": 0.5}}}
@@ -122,11 +123,10 @@ def test_resume_is_exact_and_finished_run_is_not_retrained(tmp_path, monkeypatch
     assert resumed["val"] == full["val"] and resumed["train_loss"] == full["train_loss"]
     assert full["val"]["n"] == 4 and math.isfinite(full["val"]["mae"])
 
-    # files of a finished run
+    # files of a finished run: the engine's own artefacts only (metrics.json is the caller's)
     d = tmp_path / "full"
-    metrics = json.loads((d / "metrics.json").read_text())
-    assert metrics["train_time_s"] > 0 and metrics["val_mae"] == full["val"]["mae"]
-    assert set(full["train_loss"]) == {"pose", "rotation", "total"}
+    assert sorted(p.name for p in d.iterdir()) == ["checkpoint.pt", "history.json", "model.pt"]
+    assert full["train_time_s"] > 0 and set(full["train_loss"]) == {"pose", "rotation", "total"}
     hist = json.loads((d / "history.json").read_text())
     assert [e["epoch"] for e in hist["epochs"]] == [1, 2] and hist["train_config"]["seed"] == 3
     assert all(e["lr"] > 0 and e["images_per_s"] > 0 and e["val"] for e in hist["epochs"])
@@ -179,28 +179,34 @@ def test_pretrain_ignores_labels_and_feeds_fine_tuning(tmp_path):
     assert torch.allclose(ft["backbone.conv1.weight"], pre["backbone.conv1.weight"], atol=1e-6)
 
 
-def test_evaluate_writes_predictions_and_metrics(tmp_path):
+def test_evaluate_returns_predictions_and_metrics_and_writes_nothing(tmp_path):
     run = tmp_path / "run"
     train(MODEL, TinyPoses(), None, tcfg(epochs=1, max_steps_per_epoch=1), run)
+    files = sorted(p.name for p in run.iterdir())
     test_set = TinyPoses(n=10, seed=5, unlabeled=(2, 7))
-    metrics = evaluate(run / "model.pt", test_set, out_dir=run, batch_size=4, progress=False)
-    assert metrics["n"] == 8
+    ev = evaluate(run / "model.pt", test_set, batch_size=4, progress=False)
+    assert isinstance(ev, Evaluation) and sorted(p.name for p in run.iterdir()) == files
+    assert ev.names == test_set.names and ev.pred.shape == ev.true.shape == (10, 3)
+    assert ev.pred.dtype == ev.true.dtype == np.float64
+    np.testing.assert_allclose(ev.true, test_set.poses, atol=1e-4)  # NaN rows included
+    assert ev.metrics["n"] == 8 and set(ev.metrics) == {"yaw", "pitch", "roll", "mae", "geodesic", "n"}
 
-    with open(run / "predictions.csv") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["name"] for r in rows] == test_set.names
-    assert rows[2]["yaw_err"] == "" and rows[2]["geodesic_err"] == ""  # unlabeled: prediction only
-    labeled = [r for r in rows if r["yaw_err"]]
+    frame = ev.frame()
+    assert tuple(c for c in frame.columns if c in PREDICTION_COLUMNS) == PREDICTION_COLUMNS
+    assert list(frame["name"]) == test_set.names
+    errors = frame[["yaw_err", "pitch_err", "roll_err", "geodesic_err"]].to_numpy()
+    assert np.isnan(errors[[2, 7]]).all()  # unlabeled: prediction only
+    labeled = np.setdiff1d(np.arange(10), [2, 7])
+    np.testing.assert_allclose(errors[labeled, :3], angle_errors(ev.pred[labeled], ev.true[labeled]))
+    np.testing.assert_allclose(errors[labeled, 3], geodesic_errors(ev.pred[labeled], ev.true[labeled]))
     for angle in ("yaw", "pitch", "roll"):
-        assert np.mean([float(r[f"{angle}_err"]) for r in labeled]) == pytest.approx(metrics[angle], rel=1e-5)
-    assert float(rows[0]["yaw_true"]) == pytest.approx(test_set.poses[0, 0], abs=1e-4)
-
-    saved = json.loads((run / "metrics.json").read_text())
-    assert saved["mae"] == metrics["mae"] and saved["train_time_s"] > 0  # training keys kept
+        assert frame[f"{angle}_err"].mean() == pytest.approx(ev.metrics[angle], rel=1e-9)  # NaN skipped
 
     model = load_checkpoint(run)
     again = evaluate(model, test_set, batch_size=16, progress=False)  # batch size does not matter
-    assert again == pytest.approx(metrics)
+    assert again.metrics == pytest.approx(ev.metrics)
+    unnamed = evaluate(model, torch.utils.data.TensorDataset(test_set.images, torch.zeros(10, 3)), progress=False)
+    assert unnamed.names == [str(i) for i in range(10)]
     with pytest.raises(ValueError, match="no labeled sample"):
         evaluate(model, TinyPoses(n=4, unlabeled=range(4)), progress=False)
 
@@ -220,6 +226,14 @@ def test_cli_trains_and_tests_from_a_config_file(tmp_path, synth_root, capsys):
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((tmp_path / "cli_run" / "metrics.json").read_text())
     assert saved["n"] == 4 and saved["mae"] == printed["test"]["mae"] and saved["train_time_s"] > 0
+    assert saved["kind"] == "train" and saved["epochs"] == 1 and "train_loss_total" in saved
+    assert len((tmp_path / "cli_run" / "predictions.csv").read_text().splitlines()) == 5
+
+    # evaluate rewrites the test results and keeps the training entries
+    (tmp_path / "cli_run" / "predictions.csv").unlink()
+    assert cli_main(["evaluate", "--config", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == printed["test"]
+    assert json.loads((tmp_path / "cli_run" / "metrics.json").read_text()) == saved
     assert len((tmp_path / "cli_run" / "predictions.csv").read_text().splitlines()) == 5
 
     path.write_text(json.dumps(dict(config, extra=1)))

@@ -5,8 +5,16 @@ import pytest
 from hpelib import experiment as ex
 from hpelib.io import read_json
 from hpelib.report import CONSTANT_KEYS, collect
+from hpelib.spec import RunSpec
 
-TINY = dict(image_size=32, epochs=1, batch_size=16, lr=1e-3, train_options={"max_steps_per_epoch": 2})
+TINY_TRAIN = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "max_steps_per_epoch": 2, "progress": False}
+
+
+def tiny_spec(train_data, test_data=None, **over):
+    """A RunSpec of a few optimizer steps of the CPU backbone at 32 px."""
+    model = {"backbone": "resnet18-narrow", **over.pop("model", {})}
+    return RunSpec.from_dict({"model": model, "train": {**TINY_TRAIN, **over.pop("train", {})},
+                              "train_data": train_data, "test_data": test_data or {}, "image_size": 32, **over})
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +33,14 @@ def test_kfold_tests_every_image_once_and_label_fraction_subsets(specs):
     train_spec, _ = specs
     tested = []
     for fold in range(3):
-        tr, te = ex.hpe_datasets(train_spec, {"same": train_spec}, image_size=32, seed=0,
-                                 kfold={"k": 3, "fold": fold, "seed": 0})
+        tr, te = ex.hpe_datasets(tiny_spec(train_spec, {"same": train_spec}, kfold={"k": 3, "fold": fold}))
         assert not set(tr.names) & set(te["same"].names)
         tested += list(te["same"].names)
     assert sorted(tested) == sorted(ex.dataset_from_spec(train_spec, train=False, image_size=32).names)
-    tr, _ = ex.hpe_datasets(train_spec, {}, image_size=32, seed=0, label_fraction=0.25)
+    tr, _ = ex.hpe_datasets(tiny_spec(train_spec, {"same": train_spec}, label_fraction=0.25))
     assert len(tr) == 12
     with pytest.raises(ValueError, match="kfold"):
-        ex.hpe_datasets(train_spec, {"other": specs[1]}, image_size=32, seed=0, kfold={"k": 3, "fold": 0})
+        ex.hpe_datasets(tiny_spec(train_spec, {"other": specs[1]}, kfold={"k": 3, "fold": 0}))
 
 
 def test_constant_prediction_metrics_predicts_the_training_mean():
@@ -45,17 +52,23 @@ def test_constant_prediction_metrics_predicts_the_training_mean():
 
 def test_pretraining_then_fine_tuning_writes_what_the_report_reads(specs, tmp_path):
     train_spec, test_spec = specs
-    pre = ex.run_pretraining(tmp_path / "pre", method="rotation", data=train_spec, model_options={"stem": "cifar"},
-                             **TINY)
-    assert pre["config"]["kind"] == "pretrain" and (tmp_path / "pre" / "model.pt").is_file()
-    assert pre["config"]["model_config"]["stem"] == "cifar"
+    pre_spec = tiny_spec(train_spec, kind="pretrain",
+                         model={"stem": "cifar", "pose_head": None, "ssl_tasks": {"rotation": {}}})
+    pre = ex.run_pretraining(pre_spec, tmp_path / "pre")
+    assert pre["config"].kind == "pretrain" and (tmp_path / "pre" / "model.pt").is_file()
+    assert read_json(tmp_path / "pre" / "config.json")["model_config"]["stem"] == "cifar"
     assert not (tmp_path / "pre" / "checkpoint.pt").exists()
-    run = ex.run_hpe(tmp_path / "runs" / "combined", train_data=train_spec, test_data={"syn": test_spec},
-                     scenario="combined", pretrain_method="rotation", init=str(tmp_path / "pre" / "model.pt"),
-                     ssl_tasks={"jigsaw": {"weight": 0.5}}, label_fraction=0.5, model_options={"stem": "cifar"},
-                     **TINY)
-    assert run["config"]["method"] == "rotation+jigsaw" and run["config"]["init"] == "ssl"
-    assert run["config"]["pretrain_epochs"] == TINY["epochs"]  # the pre-training budget, for the report
+    with pytest.raises(ValueError, match="kind 'train'"):
+        ex.run_hpe(pre_spec, tmp_path / "wrong")
+    spec = tiny_spec(train_spec, {"syn": test_spec}, label_fraction=0.5,
+                     model={"stem": "cifar", "init": str(tmp_path / "pre" / "model.pt"),
+                            "ssl_tasks": {"jigsaw": {"weight": 0.5}}},
+                     labels={"scenario": "combined", "pretrain_method": "rotation"})
+    run = ex.run_hpe(spec, tmp_path / "runs" / "combined")
+    assert run["config"].method == "rotation+jigsaw" and run["config"].init == "ssl"
+    assert run["config"].pretrain_epochs == TINY_TRAIN["epochs"]  # the pre-training budget, for the report
+    saved = read_json(tmp_path / "runs" / "combined" / "config.json")
+    assert RunSpec.from_dict(saved["spec"]) == spec  # the run records its whole spec
     metrics = read_json(tmp_path / "runs" / "combined" / "metrics.json")
     assert metrics["n"] == 16
     for angle in ("yaw", "pitch", "roll", "mae"):  # the constant predictor, for the unlearned-run check
@@ -63,12 +76,12 @@ def test_pretraining_then_fine_tuning_writes_what_the_report_reads(specs, tmp_pa
     assert set(CONSTANT_KEYS) <= set(metrics)  # the names the report and the k-fold pooling read
     df = collect(tmp_path / "runs")
     assert len(df) == 1 and df.loc[0, "scenario"] == "combined" and df.loc[0, "label_fraction"] == 0.5
-    assert df.loc[0, "mae"] == pytest.approx(metrics["mae"]) and df.loc[0, "pretrain_epochs"] == TINY["epochs"]
+    assert df.loc[0, "mae"] == pytest.approx(metrics["mae"]) and df.loc[0, "pretrain_epochs"] == TINY_TRAIN["epochs"]
 
 
 def test_several_test_sets_get_one_block_and_prediction_file_each(specs, tmp_path):
     train_spec, test_spec = specs
-    run = ex.run_hpe(tmp_path, train_data=train_spec, test_data={"a": test_spec, "b": dict(test_spec, n=8)}, **TINY)
+    run = ex.run_hpe(tiny_spec(train_spec, {"a": test_spec, "b": dict(test_spec, n=8)}), tmp_path)
     assert set(run["metrics"]["per_test_set"]) == {"a", "b"}
     assert run["metrics"]["per_test_set"]["b"]["n"] == 8
     assert (tmp_path / "predictions_a.csv").is_file() and (tmp_path / "predictions_b.csv").is_file()

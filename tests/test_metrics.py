@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
-import torch
 
 from hpelib.angles import alternative_euler
-from hpelib.metrics import PoseErrorMeter, angle_errors, geodesic_errors, summarize
+from hpelib.metrics import angle_errors, geodesic_errors, labelled_rows, summarize
 
 
 def test_wrap_around_costs_the_short_way():
@@ -35,29 +34,18 @@ def test_geodesic_of_pure_yaw_difference():
     np.testing.assert_allclose(g, [25.0], atol=1e-6)
 
 
-def test_meter_does_not_depend_on_batch_size():
-    rng = np.random.default_rng(0)
-    gt = rng.uniform(-90, 90, (103, 3))
-    pred = gt + rng.normal(0, 8, gt.shape)
-    results = []
-    for bs in (1, 7, 32, 103):
-        meter = PoseErrorMeter()
-        for i in range(0, len(gt), bs):
-            meter.update(torch.tensor(pred[i:i + bs], dtype=torch.float32), torch.tensor(gt[i:i + bs]))
-        results.append(meter.compute())
-    for r in results[1:]:
-        for k in ("yaw", "pitch", "roll", "mae", "geodesic"):
-            assert r[k] == pytest.approx(results[0][k], abs=1e-4)
-    # the mean of per-sample errors, not a mean of batch means (those differ for a ragged last batch)
-    full = summarize(pred, gt)
-    assert results[0]["mae"] == pytest.approx(full["mae"], abs=1e-4)
+def test_labelled_rows_needs_all_three_angles_finite():
+    poses = np.array([[1.0, 2.0, 3.0], [np.nan, 0.0, 0.0], [0.0, np.inf, 0.0], [np.nan] * 3, [0.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(labelled_rows(poses), [True, False, False, False, True])
+    np.testing.assert_array_equal(labelled_rows([5.0, 0.0, -5.0]), [True])  # one pose
+    assert labelled_rows(np.zeros((0, 3))).shape == (0,)
 
 
 def test_shape_mismatch_and_empty_raise():
     with pytest.raises(ValueError, match="shape"):
         angle_errors(np.zeros((3, 3)), np.zeros((4, 3)))
     with pytest.raises(ValueError, match="no samples"):
-        PoseErrorMeter().compute()
+        summarize(np.zeros((0, 3)), np.zeros((0, 3)))
 
 
 def test_single_pose_and_matrix_inputs():

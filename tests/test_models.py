@@ -35,11 +35,11 @@ def test_config_round_trip_and_errors():
     assert cfg.task_weights() == {"rotation": 0.5}
     with pytest.raises(ValueError, match="valid keys.*backbone"):
         ModelConfig.from_dict({"backbone": "resnet18", "lr": 0.1})
-    with pytest.raises(ValueError, match="choices.*resnet18-narrow"):
+    with pytest.raises(ValueError, match="unknown backbone .vgg16.; valid names.*resnet18-narrow"):
         ModelConfig.from_dict({"backbone": "vgg16"})
-    with pytest.raises(ValueError, match="choices.*binned"):
+    with pytest.raises(ValueError, match="unknown pose head .bins.; valid names.*binned"):
         ModelConfig.from_dict({"pose_head": "bins"})
-    with pytest.raises(ValueError, match="choices.*jigsaw_perm"):
+    with pytest.raises(ValueError, match="unknown SSL task .colorization.; valid names.*jigsaw_perm"):
         ModelConfig.from_dict({"ssl_tasks": {"colorization": {}}})
     with pytest.raises(ValueError, match="valid options"):
         ModelConfig.from_dict({"ssl_tasks": {"simclr": {"temp": 0.1}}})

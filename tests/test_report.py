@@ -10,41 +10,56 @@ import pandas as pd
 import pytest
 
 from hpelib import report
+from hpelib.metrics import ANGLE_NAMES
+from hpelib.runs import PREDICTIONS, RunFolder, RunRecord, constant_columns, predictions_frame
 
 SEED_OFFSETS = {0: -0.1, 1: 0.0, 2: 0.1}  # mean 0, std 0.1 over three seeds
 
 
-def write_run(root: Path, rel: str, *, scenario: str, method: str, seed: int, mae: float,
+def errors(yaw: float, pitch: float, roll: float, *, mae: float | None = None, geodesic: float | None = None,
+           n: int = 50, constant: tuple | None = None) -> dict:
+    """One test set's block of metrics.json (train_time_s is written by :func:`write_run`).
+
+    ``mae`` defaults to the mean of the angle errors, ``geodesic`` to ``yaw``; ``constant``: the
+    constant predictor's (yaw, pitch, roll) errors.
+    """
+    block = dict(yaw=yaw, pitch=pitch, roll=roll, mae=(yaw + pitch + roll) / 3 if mae is None else mae,
+                 geodesic=yaw if geodesic is None else geodesic, n=n)
+    if constant is not None:
+        block.update(constant_columns(dict(zip(ANGLE_NAMES, constant), mae=sum(constant) / 3)))
+    return block
+
+
+def write_run(root: Path, rel: str, *, scenario: str, method: str, seed: int, mae: float = 0.0,
               label_fraction: float = 1.0, init: str = "imagenet", test_set: str = "synthetic",
-              backbone: str = "resnet18", metrics: dict | None = None, predictions: pd.DataFrame | None = None,
-              **extra) -> Path:
-    d = root / rel
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = dict(run=rel.replace("/", "-"), scenario=scenario, method=method, init=init,
-               label_fraction=label_fraction, seed=seed, test_set=test_set, backbone=backbone,
-               image_size=64, **extra)
-    (d / "config.json").write_text(json.dumps(cfg))
+              backbone: str = "resnet18", metrics: dict | None = None, per_set: dict | None = None,
+              train_time_s: float = 12.5, finished: bool = True, predictions: dict | None = None,
+              **fields) -> RunFolder:
+    """A run folder written through hpelib.runs, as the engine writes it.
+
+    ``metrics``: the block of ``test_set`` (default: yaw/pitch/roll errors whose mean is ``mae``);
+    ``per_set``: ``{test_set: block}`` instead, for several test sets; ``finished=False``: no
+    metrics.json (a crashed run); ``predictions``: ``{test_set: predictions_frame}``; ``fields``:
+    further :class:`RunRecord` fields (model_config, pretrain_method ...).
+    """
+    folder = RunFolder(root / rel)
+    folder.write_config(RunRecord(run=rel.replace("/", "-"), scenario=scenario, method=method, init=init,
+                                  label_fraction=label_fraction, seed=seed, test_set=test_set, backbone=backbone,
+                                  image_size=64, **fields))
     if metrics is None:
-        # yaw/pitch/roll chosen so that their mean is exactly ``mae``
-        metrics = dict(yaw=1.2 * mae, pitch=mae, roll=0.8 * mae, mae=mae, geodesic=1.5 * mae, n=100,
-                       train_time_s=12.5)
-    if metrics is not False:
-        (d / "metrics.json").write_text(json.dumps(metrics))
+        metrics = errors(1.2 * mae, mae, 0.8 * mae, mae=mae, geodesic=1.5 * mae, n=100)
+    if finished:
+        folder.write_metrics(per_set if per_set is not None else {test_set: metrics}, train_time_s=train_time_s)
     if predictions is not None:
-        predictions.to_csv(d / "predictions.csv", index=False)
-    return d
+        folder.write_predictions(predictions)
+    return folder
 
 
 def fake_predictions(rng: np.random.Generator, scale: float, n: int = 80) -> pd.DataFrame:
     true = np.column_stack([rng.uniform(-80, 80, n), rng.uniform(-40, 40, n), rng.uniform(-30, 30, n)])
     # error grows with |yaw| so the error-vs-angle curve has a shape
     err = scale * (0.5 + np.abs(true[:, :1]) / 80) * rng.uniform(0.5, 1.5, (n, 3))
-    pred = true + err
-    df = pd.DataFrame({"name": [f"img{i:03d}" for i in range(n)]})
-    for i, a in enumerate(("yaw", "pitch", "roll")):
-        df[f"{a}_true"], df[f"{a}_pred"], df[f"{a}_err"] = true[:, i], pred[:, i], err[:, i]
-    df["geodesic_err"] = err.sum(1)
-    return df
+    return predictions_frame([f"img{i:03d}" for i in range(n)], pred=true + err, true=true)
 
 
 @pytest.fixture
@@ -64,9 +79,9 @@ def tree(tmp_path):
             for seed, off in SEED_OFFSETS.items():
                 write_run(root, f"{scen}/{method}/lf{lf}/s{seed}", scenario=scen, method=method, init=init,
                           seed=seed, mae=m + off, label_fraction=lf,
-                          predictions=fake_predictions(rng, m) if lf == 1.0 else None)
-    write_run(root, "auxiliary/crashed", scenario="auxiliary", method="simclr", seed=0, mae=0, metrics=False)
-    write_run(root, "auxiliary/partial", scenario="auxiliary", method="barlow", seed=0, mae=0,
+                          predictions={"synthetic": fake_predictions(rng, m)} if lf == 1.0 else None)
+    write_run(root, "auxiliary/crashed", scenario="auxiliary", method="simclr", seed=0, finished=False)
+    write_run(root, "auxiliary/partial", scenario="auxiliary", method="barlow", seed=0,
               metrics={"yaw": 1.0, "pitch": 2.0})
     return root
 
@@ -80,9 +95,9 @@ def collect_quiet(root):
 # --------------------------------------------------------------------------- collect
 def test_collect_shape_columns_and_skips(tree):
     # an SSL pre-training folder is not a pose run: skipped without a warning
-    (tree / "pretrain_ssl" / "rotation_s0").mkdir(parents=True)
-    (tree / "pretrain_ssl" / "rotation_s0" / "config.json").write_text(json.dumps({"kind": "pretrain"}))
-    (tree / "pretrain_ssl" / "rotation_s0" / "metrics.json").write_text(json.dumps({"train_time_s": 1.0}))
+    ssl = RunFolder(tree / "pretrain_ssl" / "rotation_s0")
+    ssl.write_config(RunRecord(kind="pretrain", pretrain_method="rotation", seed=0))
+    ssl.write_metrics({}, train_time_s=1.0)
     with pytest.warns(UserWarning, match="skipped 2 incomplete") as rec:
         df = report.collect(tree)
     msg = str(rec[0].message)
@@ -108,17 +123,25 @@ def test_write_results_table_roundtrip(tree, tmp_path):
     assert not list((tmp_path / "out").glob(".*.tmp"))
 
 
-def test_collect_per_test_set_formats(tmp_path):
-    m = lambda v: dict(yaw=v, pitch=v, roll=v, mae=v, geodesic=v, n=10)  # noqa: E731
-    write_run(tmp_path, "a", scenario="baseline", method="none", seed=0, mae=0,
-              metrics={"per_test_set": {"aflw2000": m(5.0), "biwi": m(6.0)}, "train_time_s": 3.0})
-    write_run(tmp_path, "b", scenario="pretrain", method="simclr", seed=0, mae=0,
-              metrics={"aflw2000": {**m(4.0), "train_time_s": 1.0}, "biwi": {**m(7.0), "train_time_s": 1.0}})
+def test_collect_per_test_set_formats_and_minimal_hand_written_run(tmp_path):
+    write_run(tmp_path, "a", scenario="baseline", method="none", seed=0,
+              per_set={"aflw2000": errors(5.0, 5.0, 5.0), "biwi": errors(6.0, 6.0, 6.0)}, train_time_s=3.0)
+    # an older or hand-made folder: config.json with few keys (no run, method, init, label_fraction,
+    # seed, ...), aux_methods as one string; metrics.json with every top-level value a test set
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.json").write_text(json.dumps(
+        {"scenario": "combined", "pretrain_method": "simclr", "aux_methods": "rotation+jigsaw", "test_set": None}))
+    (tmp_path / "b" / "metrics.json").write_text(json.dumps({"aflw2000": {**errors(4.0, 4.0, 4.0), "train_time_s": 1.0},
+                                                             "biwi": {**errors(7.0, 7.0, 7.0), "train_time_s": 1.0}}))
     df = collect_quiet(tmp_path)
     assert len(df) == 4
     got = {(r.run, r.test_set): r.mae for r in df.itertuples()}
     assert got == {("a", "aflw2000"): 5.0, ("a", "biwi"): 6.0, ("b", "aflw2000"): 4.0, ("b", "biwi"): 7.0}
     assert (df.loc[df.run == "a", "train_time_s"] == 3.0).all()
+    b = df[df.run == "b"].iloc[0]  # run id: the folder; label fraction: all labels
+    assert b["method"] == "simclr+jigsaw+rotation" and b["aux_methods"] == "rotation+jigsaw"
+    assert b["label_fraction"] == 1.0 and pd.isna(b["init"]) and pd.isna(b["seed"]) and pd.isna(b["backbone"])
+    assert np.isnan(b["constant_mae"]) and not b["unlearned"] and len(b["settings"]) == 8
 
 
 def test_combined_method_name_and_missing_dir(tmp_path):
@@ -254,9 +277,9 @@ def test_collect_predictions_tags_and_computes_errors(tree, tmp_path):
     assert {"run", "scenario", "method", "seed", "mae_err", "test_set"} <= set(p.columns)
     np.testing.assert_allclose(p["mae_err"], p[["yaw_err", "pitch_err", "roll_err"]].mean(axis=1))
     # without error columns they are computed, wrap-aware
-    d = write_run(tmp_path / "r2", "x", scenario="baseline", method="none", seed=0, mae=1.0)
+    run = write_run(tmp_path / "r2", "x", scenario="baseline", method="none", seed=0, mae=1.0)
     pd.DataFrame({"name": ["a"], "yaw_true": [179.0], "pitch_true": [0.0], "roll_true": [0.0],
-                  "yaw_pred": [-179.0], "pitch_pred": [3.0], "roll_pred": [0.0]}).to_csv(d / "predictions.csv")
+                  "yaw_pred": [-179.0], "pitch_pred": [3.0], "roll_pred": [0.0]}).to_csv(run.file(PREDICTIONS))
     q = report.collect_predictions(tmp_path / "r2")
     assert q.loc[0, "yaw_err"] == pytest.approx(2.0) and q.loc[0, "pitch_err"] == pytest.approx(3.0)
 
@@ -303,15 +326,13 @@ def test_build_report_writes_everything(tree, tmp_path):
 
 def test_several_test_sets_with_prediction_files(tmp_path):
     rng = np.random.default_rng(1)
-    m = lambda v: dict(yaw=v, pitch=v, roll=v, mae=v, geodesic=v, n=10, train_time_s=1.0)  # noqa: E731
+    m = lambda v: errors(v, v, v, mae=v)  # noqa: E731
     for s in range(3):
         for scen, method, off in [("baseline", "none", 0.0), ("combined", "simclr+jigsaw", -1.0)]:
-            d = write_run(tmp_path / "res", f"{scen}/s{s}", scenario=scen, method=method, seed=s, mae=0,
-                          metrics={"aflw2000": m(5 + off + 0.1 * s), "biwi": m(6 + off + 0.2 * s * s)})
-            fake_predictions(rng, 5, n=20).to_csv(d / "predictions_aflw2000.csv", index=False)
-            fake_predictions(rng, 6, n=30).to_csv(d / "predictions_biwi.csv", index=False)
-    (tmp_path / "res" / "orphan").mkdir()
-    (tmp_path / "res" / "orphan" / "metrics.json").write_text(json.dumps(m(1.0)))
+            write_run(tmp_path / "res", f"{scen}/s{s}", scenario=scen, method=method, seed=s, train_time_s=1.0,
+                      per_set={"aflw2000": m(5 + off + 0.1 * s), "biwi": m(6 + off + 0.2 * s * s)},
+                      predictions={"aflw2000": fake_predictions(rng, 5, n=20), "biwi": fake_predictions(rng, 6, n=30)})
+    RunFolder(tmp_path / "res" / "orphan").write_metrics({"synthetic": m(1.0)}, train_time_s=1.0)
     with pytest.warns(UserWarning, match=r"orphan \(no config.json\)"):
         df = report.collect(tmp_path / "res")
     assert len(df) == 12
@@ -327,24 +348,15 @@ def test_several_test_sets_with_prediction_files(tmp_path):
 
 
 # --------------------------------------------------------------------------- checks: unlearned runs, mixed settings
-def angle_metrics(yaw, pitch, roll, constant=None):
-    """Flat metrics with the given angle errors; ``constant``: the constant predictor's (yaw, pitch, roll)."""
-    m = dict(yaw=yaw, pitch=pitch, roll=roll, mae=(yaw + pitch + roll) / 3, geodesic=yaw, n=50, train_time_s=1.0)
-    if constant is not None:
-        m.update({f"constant_{a}": c for a, c in zip(("yaw", "pitch", "roll"), constant)},
-                 constant_mae=sum(constant) / 3)
-    return m
-
-
 def test_collect_constant_columns_and_unlearned_rule(tmp_path):
     const = (20.0, 10.0, 10.0)  # constant MAE 13.33
-    cases = {"clear": angle_metrics(5.0, 3.0, 3.0, const),
-             "yaw_bad": angle_metrics(16.0, 3.0, 3.0, const),  # 16 = 0.8 x 20: not clearly below
-             "just_below": angle_metrics(15.9, 7.9, 7.9, const),  # every angle < 0.8 x constant
-             "old_mae_only": {**angle_metrics(12.0, 12.0, 12.0), "constant_mae": 13.0},  # 12 >= 10.4
-             "old_none": angle_metrics(30.0, 30.0, 30.0)}  # cannot be checked: not flagged
+    cases = {"clear": errors(5.0, 3.0, 3.0, constant=const),
+             "yaw_bad": errors(16.0, 3.0, 3.0, constant=const),  # 16 = 0.8 x 20: not clearly below
+             "just_below": errors(15.9, 7.9, 7.9, constant=const),  # every angle < 0.8 x constant
+             "old_mae_only": {**errors(12.0, 12.0, 12.0), "constant_mae": 13.0},  # 12 >= 10.4
+             "old_none": errors(30.0, 30.0, 30.0)}  # cannot be checked: not flagged
     for seed, (name, m) in enumerate(cases.items()):
-        write_run(tmp_path, name, scenario="baseline", method="none", seed=seed, mae=0, metrics=m)
+        write_run(tmp_path, name, scenario="baseline", method="none", seed=seed, metrics=m)
     df = collect_quiet(tmp_path).set_index("run")
     for col in ("constant_yaw", "constant_pitch", "constant_roll", "constant_mae", "unlearned", "settings"):
         assert col in df.columns
@@ -362,10 +374,9 @@ def test_collect_constant_columns_and_unlearned_rule(tmp_path):
 
 
 def test_unlearned_in_per_test_set_metrics(tmp_path):
-    write_run(tmp_path, "a", scenario="baseline", method="none", seed=0, mae=0,
-              metrics={"per_test_set": {"aflw2000": angle_metrics(5.0, 5.0, 5.0, (20.0, 10.0, 10.0)),
-                                        "biwi": angle_metrics(5.0, 9.0, 5.0, (20.0, 10.0, 10.0))},
-                       "train_time_s": 2.0})
+    write_run(tmp_path, "a", scenario="baseline", method="none", seed=0, train_time_s=2.0,
+              per_set={"aflw2000": errors(5.0, 5.0, 5.0, constant=(20.0, 10.0, 10.0)),
+                       "biwi": errors(5.0, 9.0, 5.0, constant=(20.0, 10.0, 10.0))})
     df = collect_quiet(tmp_path).set_index("test_set")
     assert df.loc["biwi", "constant_pitch"] == 10.0
     assert not df.loc["aflw2000", "unlearned"] and df.loc["biwi", "unlearned"]
@@ -375,7 +386,7 @@ def test_unlearned_in_per_test_set_metrics(tmp_path):
 def test_settings_fingerprint_ignores_seed_init_and_plumbing():
     cfg = dict(image_size=64, model_config={"backbone": "resnet18", "init": "random", "pose_head": "binned"},
                train_config={"epochs": 10, "lr": 1e-3, "seed": 0, "num_workers": 0, "progress": True})
-    fp = lambda c: report._fingerprint(report.training_settings(c))  # noqa: E731
+    fp = lambda c: report.settings_fingerprint(report.training_settings(c))  # noqa: E731
     same = dict(cfg, seed=3, model_config=dict(cfg["model_config"], init="/ckpt/ssl.pt"),
                 train_config=dict(cfg["train_config"], seed=3, num_workers=8, progress=False, device="cuda",
                                   log_every=1, ddp_find_unused_parameters=True))
@@ -395,8 +406,8 @@ def mixed_tree(root: Path) -> Path:
             epochs = 5 if (scen == "auxiliary" and seed == 2) else 10
             if epochs == 5:
                 errs = (17.0, 4.0, 4.0)
-            write_run(root, f"{scen}/s{seed}", scenario=scen, method=method, seed=seed, mae=0,
-                      metrics=angle_metrics(*errs, constant=const),
+            write_run(root, f"{scen}/s{seed}", scenario=scen, method=method, seed=seed,
+                      metrics=errors(*errs, constant=const),
                       model_config={"backbone": "resnet18", "init": "imagenet"},
                       train_config={"epochs": epochs, "lr": 1e-3, "seed": seed, "num_workers": seed})
     return root

@@ -27,7 +27,7 @@ EXPECTED_VIEWS = {"rotation": 4, "jigsaw": 1, "jigsaw_perm": 1, "simclr": 2, "ba
 
 def test_registry_names_and_errors():
     assert set(TASKS) == {"rotation", "jigsaw", "jigsaw_perm", "simclr", "barlow"}
-    with pytest.raises(ValueError, match="choices"):
+    with pytest.raises(ValueError, match=r"unknown SSL task 'colorize'; valid names: \['rotation'"):
         build_task("colorize", 8)
     with pytest.raises(ValueError, match="valid options"):
         build_task("rotation", 8, rotations=3)

@@ -14,6 +14,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 PRETRAIN_NB = """
 import json, os, pathlib
+labels, seed, kfold = spec["labels"], spec["train"]["seed"], spec["kfold"]
+run_name, scenario, method, pretrain_method = labels["run"], labels["scenario"], labels["method"], labels["pretrain_method"]
+init, ssl_tasks, label_fraction = spec["model"]["init"], spec["model"]["ssl_tasks"], spec["label_fraction"]
+run_name, seed = spec["labels"]["run"], spec["train"]["seed"]
+method = next(iter(spec["model"]["ssl_tasks"]))
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(run_name + "\\n")
 with open(os.environ["FAKE_LOG"] + ".gpu", "a") as f:
@@ -27,6 +32,9 @@ out = pathlib.Path(out_dir)
 
 TRAIN_NB = """
 import json, os, pathlib
+labels, seed, kfold = spec["labels"], spec["train"]["seed"], spec["kfold"]
+run_name, scenario, method, pretrain_method = labels["run"], labels["scenario"], labels["method"], labels["pretrain_method"]
+init, ssl_tasks, label_fraction = spec["model"]["init"], spec["model"]["ssl_tasks"], spec["label_fraction"]
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(run_name + "\\n")
 with open(os.environ["FAKE_LOG"] + ".gpu", "a") as f:
@@ -88,10 +96,8 @@ seeds: [0]
 def tiny(tmp_path, monkeypatch):
     nb = tmp_path / "nb"
     nb.mkdir()
-    _notebook(nb / "pretrain.ipynb", 'run_name = ""\nout_dir = "."\nmethod = ""\nseed = 0', PRETRAIN_NB)
-    _notebook(nb / "train.ipynb",
-              'run_name = ""\nout_dir = "."\nscenario = ""\nmethod = ""\npretrain_method = None\n'
-              'init = "random"\nseed = 0\nlabel_fraction = 1.0\nssl_tasks = {}\nkfold = None', TRAIN_NB)
+    _notebook(nb / "pretrain.ipynb", 'spec = {}\nout_dir = "."', PRETRAIN_NB)
+    _notebook(nb / "train.ipynb", 'spec = {}\nout_dir = "."', TRAIN_NB)
     log, fail = tmp_path / "log.txt", tmp_path / "fail.txt"
     log.write_text("")
     fail.write_text("")
@@ -110,12 +116,12 @@ def test_expansion_order_and_shared_pretraining(tiny):
     by = {r.run_id: r for r in runs}
     # one pre-training checkpoint shared by both fine-tunes that use rotation
     assert by["pretrain/rotation/lf0.5_s0"].deps == by["combined/rotation+jigsaw/lf0.5_s0"].deps == ["pretrain/rotation_s0"]
-    assert by["pretrain/rotation/lf0.5_s0"].params["init"].endswith("pretrain/rotation_s0/model.pt")
+    assert by["pretrain/rotation/lf0.5_s0"].spec.model.init.endswith("pretrain/rotation_s0/model.pt")
     # aux weight from the variant overrides the method's default; options are kept
-    assert by["combined/rotation+jigsaw/lf0.5_s0"].params["ssl_tasks"] == {
+    assert by["combined/rotation+jigsaw/lf0.5_s0"].spec.model.ssl_tasks == {
         "jigsaw": {"unshuffled_fraction": 0.5, "weight": 0.25}}
-    assert by["baseline/none/lf0.5_s0"].deps == [] and by["baseline/none/lf0.5_s0"].params["init"] == "random"
-    assert by["pretrain/jigsaw_s0"].params["method_options"] == {"unshuffled_fraction": 0.5}
+    assert by["baseline/none/lf0.5_s0"].deps == [] and by["baseline/none/lf0.5_s0"].spec.model.init == "random"
+    assert by["pretrain/jigsaw_s0"].spec.model.task_kwargs("jigsaw") == {"unshuffled_fraction": 0.5}
     for r in runs:  # every dependency comes earlier
         assert all(ids.index(d) < ids.index(r.run_id) for d in r.deps)
 
@@ -125,8 +131,8 @@ def test_pretrain_seed_shares_one_pretraining_across_fine_tune_seeds(tiny):
     tiny["yaml"].write_text(text)
     runs = st.expand(st.load_study(tiny["yaml"]), tiny["out"])
     assert [r.run_id for r in runs if r.kind == "pretrain"] == ["pretrain/rotation_s0", "pretrain/jigsaw_s0"]
-    fine = [r for r in runs if r.params.get("pretrain_method") == "rotation"]
-    assert sorted(r.params["seed"] for r in fine if r.params["scenario"] == "pretrain") == [0, 1, 2]
+    fine = [r for r in runs if r.spec.labels.pretrain_method == "rotation"]
+    assert sorted(r.spec.seed for r in fine if r.spec.labels.scenario == "pretrain") == [0, 1, 2]
     assert all(r.deps == ["pretrain/rotation_s0"] for r in fine)
     tiny["yaml"].write_text(text.replace("pretrain_seed: 0", "pretrain_seed: zero"))
     with pytest.raises(st.StudyError, match="pretrain_seed"):
@@ -239,8 +245,8 @@ def test_env_substitution_and_kfold(tiny, monkeypatch):
     base = [r for r in runs if r.run_id.startswith("baseline/")]
     assert [r.run_id for r in base] == [f"baseline/none/lf0.5_s0/.folds/f{i}" for i in range(3)]
     assert {r.group for r in base} == {"baseline/none/lf0.5_s0"}
-    assert [r.params["kfold"] for r in base] == [{"k": 3, "fold": i, "seed": 7} for i in range(3)]
-    assert base[0].params["train_data"]["root"] == "/data/x/crops"
+    assert [r.params["spec"]["kfold"] for r in base] == [{"k": 3, "fold": i, "seed": 7} for i in range(3)]
+    assert base[0].spec.train_data["root"] == "/data/x/crops"
     tiny["yaml"].write_text(text.replace("${TINY_DATA}", "${TINY_UNSET_VAR}"))
     monkeypatch.delenv("TINY_UNSET_VAR", raising=False)
     with pytest.raises(st.StudyError, match="TINY_UNSET_VAR"):
@@ -289,13 +295,78 @@ def test_pretraining_budget_variants_get_their_own_pretraining(tiny):
     tiny["yaml"].write_text(text)
     runs = {r.run_id: r for r in st.expand(st.load_study(tiny["yaml"]), tiny["out"])}
     assert "pretrain/rotation_s0" in runs and "pretrain/rotation_e4_s0" in runs
-    assert runs["pretrain/rotation_s0"].params["epochs"] == 1
-    assert runs["pretrain/rotation_e4_s0"].params["epochs"] == 4
-    assert runs["pretrain/rotation_e4_s0"].params["model_options"] == {"stem": "cifar"}
+    assert runs["pretrain/rotation_s0"].spec.train.epochs == 1
+    assert runs["pretrain/rotation_e4_s0"].spec.train.epochs == 4
+    assert runs["pretrain/rotation_e4_s0"].spec.model.stem == "cifar"
     budget = runs["pretrain/rotation-4ep/lf0.5_s0"]
-    assert budget.deps == ["pretrain/rotation_e4_s0"] and budget.params["model_options"]["stem"] == "cifar"
+    assert budget.deps == ["pretrain/rotation_e4_s0"] and budget.spec.model.stem == "cifar"
     assert runs["pretrain/rotation/lf0.5_s0"].deps == ["pretrain/rotation_s0"]
     tiny["yaml"].write_text(text.replace("{pretrain: rotation, pretrain_train: {epochs: 4}}",
                                          "{aux: rotation, pretrain_train: {epochs: 4}}"))
     with pytest.raises(st.StudyError, match="pretrain_train.*no 'pretrain'"):
         st.load_study(tiny["yaml"])
+
+
+def test_the_runner_leaves_its_own_process_alone(tiny):
+    """Kernel environment and stderr are set in the child process, never in the caller's."""
+    text = tiny["yaml"].read_text().replace("  pretrain: [{pretrain: rotation}, {pretrain: jigsaw}]\n", "")
+    tiny["yaml"].write_text(text.replace("  combined: [{pretrain: rotation, aux: {jigsaw: 0.25}}]\n", ""))
+    env_before, stderr_before = dict(os.environ), os.fstat(2)
+    assert st.run_study(tiny["yaml"], tiny["out"], gpus="3") == 0
+    assert Path(str(tiny["log"]) + ".gpu").read_text().split() == ["3"]  # the kernel saw its GPU
+    assert dict(os.environ) == env_before
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (stderr_before.st_dev, stderr_before.st_ino)
+
+
+class FakeExecution:
+    """Stands in for a child process: ends after ``ticks`` polls with the planned outcome."""
+
+    def __init__(self, run, gpu, log, fail, ticks=2):
+        self.run, self.ticks, self.ok = run, ticks, run.run_id not in fail
+        log.append(("start", run.run_id, gpu))
+
+    def poll(self):
+        self.ticks -= 1
+        if self.ticks > 0:
+            return None
+        return {"ok": self.ok, "seconds": 1.0, "error": None if self.ok else {"ename": "X", "evalue": "planned"}}
+
+    def stop(self):
+        pass
+
+
+def _fake_runs(tiny):
+    return st.expand(st.load_study(tiny["yaml"]), tiny["out"])
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_scheduler_order_slots_gpus_and_blocked_runs(tiny, jobs):
+    from hpelib.study.scheduler import Scheduler
+
+    runs = _fake_runs(tiny)
+    log, running, peak = [], set(), [0]
+
+    def start(run, gpu):
+        running.add(run.run_id)
+        peak[0] = max(peak[0], len(running))
+        assert all(d in finished for d in run.deps), run.run_id  # dependencies first
+        return FakeExecution(run, gpu, log, fail={"pretrain/jigsaw_s0"})
+
+    finished = []
+
+    def on_finish(run, result):
+        running.discard(run.run_id)
+        finished.append(run.run_id)
+
+    skipped = []
+    status = Scheduler(runs, {"baseline/none/lf0.5_s0"}, jobs, ["0", "1"], start, on_finish,
+                       lambda run, bad: skipped.append((run.run_id, bad))).run(poll_s=0)
+    assert peak[0] == min(jobs, 2)  # at most two runs are ever ready at once in this study
+    assert all(g in ("0", "1") for _, _, g in log)
+    assert status["baseline/none/lf0.5_s0"]["status"] == "complete (skipped)"  # already complete: not started
+    assert "baseline/none/lf0.5_s0" not in [rid for _, rid, _ in log]
+    assert status["pretrain/jigsaw_s0"]["status"] == "failed"
+    assert skipped == [("pretrain/jigsaw/lf0.5_s0", ["pretrain/jigsaw_s0"])]
+    assert status["combined/rotation+jigsaw/lf0.5_s0"]["status"] == "done"
+    assert len(status) == len(runs)

@@ -9,6 +9,7 @@ from matplotlib.figure import Figure
 
 from hpelib import viz
 from hpelib.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hpelib.runs import predictions_frame
 
 
 def _ends(ax):
@@ -68,14 +69,19 @@ def test_pose_grid_layout_and_errors():
         viz.pose_grid(imgs, poses=[[0, 0, 0]] * 2)
 
 
+class Tiny(torch.utils.data.Dataset):
+    """Four blank images named s0..s3 with yaw 0, 10, 20, 30."""
+
+    names = [f"s{i}" for i in range(4)]
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.zeros(3, 8, 8), torch.tensor([10.0 * i, 0.0, 0.0])
+
+
 def test_dataset_grid_on_a_small_dataset():
-    class Tiny(torch.utils.data.Dataset):
-        def __len__(self):
-            return 4
-
-        def __getitem__(self, i):
-            return torch.zeros(3, 8, 8), torch.tensor([10.0 * i, 0.0, 0.0])
-
     fig = viz.dataset_grid(Tiny(), indices=[1, 3], preds={1: [0, 0, 0]})
     assert [a.get_title() for a in fig.axes] == ["y10 p0 r0", "y30 p0 r0"]
     assert [len(a.lines) for a in fig.axes] == [6, 3]
@@ -88,3 +94,45 @@ def test_extreme_predictions():
     assert list(best["name"]) == ["c", "a"] and list(worst["name"]) == ["b", "a"]
     with pytest.raises(ValueError, match="no column"):
         viz.extreme_predictions(df, error="nope")
+
+
+def test_extreme_predictions_computes_errors_from_poses():
+    df = predictions_frame(["a", "b", "c"], pred=[[179, 0, 0], [0, 9, 0], [0, 0, 0]],
+                           true=[[-179, 0, 0], [0, 0, 0], [np.nan] * 3])
+    best, worst = viz.extreme_predictions(df.drop(columns="mae_err"), k=1)
+    assert list(best["name"]) == ["a"] and list(worst["name"]) == ["b"]  # wrap-aware; unlabeled "c" left out
+    assert worst["mae_err"].iloc[0] == pytest.approx(3.0)
+
+
+def test_prediction_grid_draws_truth_prediction_and_mae():
+    rows = predictions_frame(["s3", "s1"], pred=[[33, 3, 0], [10, 0, 0]], true=[[30, 0, 0], [10, 0, 0]])
+    fig = viz.prediction_grid(Tiny(), rows, "worst predictions", ncols=4)
+    assert fig.get_suptitle() == "worst predictions"
+    assert [a.get_title() for a in fig.axes[:2]] == ["y30 p0 r0\nMAE 2.0", "y10 p0 r0\nMAE 0.0"]
+    assert [len(a.lines) for a in fig.axes[:2]] == [6, 6]  # true (solid) and predicted (dashed) axes
+    with pytest.raises(ValueError, match=r"1 prediction names are not in the data set \(e.g. 'other.jpg'\)"):
+        viz.prediction_grid(Tiny(), predictions_frame(["s0", "other.jpg"], np.zeros((2, 3)), np.zeros((2, 3))), "x")
+
+
+def test_plot_losses_one_line_per_loss():
+    losses = pd.DataFrame({"pose": [2.0, 1.0, 0.5], "rotation": [1.5, 1.2, 1.1]},
+                          index=pd.Index([1, 2, 3], name="epoch"))
+    fig = viz.plot_losses(losses, "training losses: rotation")
+    (ax,) = fig.axes
+    assert [line.get_label() for line in ax.lines] == ["pose", "rotation"]
+    assert all(line.get_marker() == "o" and list(line.get_xdata()) == [1, 2, 3] for line in ax.lines)
+    assert ax.get_yscale() == "log" and ax.get_title() == "training losses: rotation"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pose", "rotation"]
+    with pytest.raises(ValueError, match="no losses"):
+        viz.plot_losses(pd.DataFrame(), "empty")
+
+
+def test_error_histograms_of_labelled_rows():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(-30, 30, (50, 3))
+    true[:5] = np.nan  # unlabeled rows have no errors
+    fig = viz.error_histograms(predictions_frame(None, true + rng.normal(0, 3, (50, 3)), true), bins=10)
+    assert len(fig.axes) == 4
+    assert [a.get_xlabel() for a in fig.axes] == ["yaw error (deg)", "pitch error (deg)", "roll error (deg)",
+                                                   "geodesic error (deg)"]
+    assert all(len(a.patches) == 10 and sum(p.get_height() for p in a.patches) == 45 for a in fig.axes)

@@ -9,7 +9,7 @@ augmentation is a pure function of ``(seed, epoch, index)``.
 >>> ds = build_dataset("aflw2000", root="data/AFLW2000", train=False, image_size=64)
 
 Names and their options (besides the common ``crop_fraction``, ``flip``,
-``color_jitter``, ``cache_resolution``):
+``color_jitter``, ``cache_resolution``; :func:`dataset_options` lists them all):
 
 ========== ================================================== ===========================================
 name       root (default under ``<repo>/data``)                options
@@ -25,10 +25,21 @@ synthetic  ``synthetic/`` (generated on first use)             ``n``, ``data_see
 
 See ``data/README.md`` for downloads and layouts, :mod:`hpelib.data.base` for
 how crops are made and :mod:`hpelib.data.cache` for the decoded-crop cache.
+
+Each name is a loader registered in :data:`DATASETS` (a
+:class:`hpelib.registry.Registry`; the loaders of the real formats by
+``"module:function"`` reference, so their modules are imported on first use).
+A loader is called as ``loader(root, preset, *, split, seed, cache_dir,
+**options)`` and returns a :class:`PoseDataset`; its other keyword
+parameters are its options. ``build_dataset`` makes ``preset`` from
+``image_size``, ``train`` and the :data:`PRESET_OPTIONS`; a loader may set an
+attribute ``preset_defaults`` (a dict) to change their defaults.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+from hpelib.registry import Registry, signature_options
 
 from .base import ArraySource, FixedRegions, PoseDataset, make_rng
 from .errors import DataError
@@ -36,12 +47,16 @@ from .subsets import IndexSubset, kfold_subsets, label_subset
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset, denormalize, make_preset
 
 __all__ = [
+    "DATASETS",
     "DATASET_NAMES",
     "DEFAULT_ROOTS",
+    "DEFAULT_IMAGE_SIZE",
+    "PRESET_OPTIONS",
     "DataError",
     "PoseDataset",
     "IndexSubset",
     "build_dataset",
+    "dataset_options",
     "label_subset",
     "kfold_subsets",
     "make_rng",
@@ -60,22 +75,27 @@ DEFAULT_ROOTS = {
     "folder": None,
     "synthetic": DATA_DIR / "synthetic",
 }
-DATASET_NAMES = tuple(DEFAULT_ROOTS)
-
-_COMMON = ("crop_fraction", "flip", "color_jitter", "cache_resolution")
-_OPTIONS = {
-    "300w_lp": ("k_range", "eval_k", "max_angle", "drop_invisible_landmarks", "subsets"),
-    "aflw2000": ("k", "max_angle", "drop_invisible_landmarks"),
-    "biwi": ("format", "box_mm", "train_fraction", "split_seed"),
-    "folder": ("extensions",),
-    "synthetic": ("n", "data_seed"),
-}
+DATASETS = Registry("data set", supplied=("root", "preset", "split", "seed", "cache_dir"))
+"""The data set loaders by name; add one with ``@DATASETS.register(name)`` (see the module doc)."""
+DATASETS.add("300w_lp", "hpelib.data.mat_sets:load_300w_lp")
+DATASETS.add("aflw2000", "hpelib.data.mat_sets:load_aflw2000")
+DATASETS.add("biwi", "hpelib.data.biwi:load_biwi")
+DATASETS.add("folder", "hpelib.data.folder:load_folder")
+DATASET_NAMES = DATASETS  # the registered names (``in``, ``list()``), kept under its old name
+PRESET_OPTIONS = tuple(signature_options(make_preset, ("size", "train")))  # crop_fraction, flip, color_jitter
 _SPLITS = ("train", "test", "all")
+#: side of the square network input in pixels when a run does not say (the CPU studies' recipe; the paper: 224)
+DEFAULT_IMAGE_SIZE = 64
 SYNTHETIC_DEFAULT_N = {"train": 2000, "test": 500}
 
 
-def build_dataset(name: str, root=None, split: str = "train", image_size: int = 64, train: bool = True,
-                  seed: int = 0, cache_dir=None, label_fraction=None, **options):
+def dataset_options(name: str) -> list[str]:
+    """The option names ``build_dataset(name, ...)`` accepts besides its own parameters, sorted."""
+    return sorted([*PRESET_OPTIONS, *DATASETS.options(name)])
+
+
+def build_dataset(name: str, root=None, split: str = "train", image_size: int = DEFAULT_IMAGE_SIZE,
+                  train: bool = True, seed: int = 0, cache_dir=None, label_fraction=None, **options):
     """Build a data set by name (see the module docstring for names and options).
 
     Parameters
@@ -94,53 +114,31 @@ def build_dataset(name: str, root=None, split: str = "train", image_size: int = 
     label_fraction: None, or a fraction in (0, 1] / count of labelled samples
         to keep (:func:`label_subset`).
     """
-    if name not in _OPTIONS:
-        raise ValueError(f"unknown data set {name!r}; valid names: {list(DATASET_NAMES)}")
-    valid = _COMMON + _OPTIONS[name]
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for data set {name!r}; valid options: {sorted(valid)}")
+    loader = DATASETS.get(name)
+    DATASETS.check_options(name, options, extra=PRESET_OPTIONS)
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
     if root is None:
-        root = DEFAULT_ROOTS[name]
+        root = DEFAULT_ROOTS.get(name)
         if root is None:
-            raise ValueError(f"data set {name!r} needs root= (a folder of face images)")
-    preset_kw = {k: options.pop(k) for k in ("crop_fraction", "flip", "color_jitter") if k in options}
-    if name == "synthetic" and "crop_fraction" not in preset_kw:
-        preset_kw["crop_fraction"] = 1.0  # rendered images are already face crops
+            raise ValueError(f"data set {name!r} needs root= (it has no default location)")
+    preset_kw = {**getattr(loader, "preset_defaults", {}),
+                 **{k: options.pop(k) for k in PRESET_OPTIONS if k in options}}
     preset = make_preset(image_size, train, **preset_kw)
-    common = dict(seed=seed, cache_dir=cache_dir, cache_resolution=options.pop("cache_resolution", None))
-
-    if name == "300w_lp":
-        from .mat_sets import load_300w_lp
-
-        ds = load_300w_lp(root, preset, **common, **options)
-    elif name == "aflw2000":
-        from .mat_sets import load_aflw2000
-
-        ds = load_aflw2000(root, preset, **common, **options)
-    elif name == "biwi":
-        from .biwi import load_biwi
-
-        ds = load_biwi(root, preset, split=split, **common, **options)
-    elif name == "folder":
-        from .folder import load_folder
-
-        ds = load_folder(root, preset, **common, **options)
-    else:
-        ds = _build_synthetic(root, split, preset, common, **options)
-
+    ds = DATASETS.build(name, root, preset, split=split, seed=seed, cache_dir=cache_dir, **options)
     if label_fraction is not None:
         ds = label_subset(ds, label_fraction, seed)
     return ds
 
 
-def _build_synthetic(root, split, preset, common, n=None, data_seed=0):
+@DATASETS.register("synthetic")
+def load_synthetic(root, preset, *, split="train", seed=0, cache_dir=None, cache_resolution=None, n=None,
+                   data_seed=0) -> PoseDataset:
     """Wrap ``hpelib.data.synthetic.generate_synthetic``: train uses seed ``2*data_seed``, test ``2*data_seed+1``.
 
-    ``split="all"`` is treated as ``"train"``. Images are generated at the
-    requested ``image_size`` and cached by the generator under ``root``.
+    ``split="all"`` is treated as ``"train"``; ``n`` defaults to
+    :data:`SYNTHETIC_DEFAULT_N`. Images are generated at the preset's size and
+    cached by the generator under ``root``.
     """
     from .synthetic import generate_synthetic  # written separately; imported lazily
 
@@ -151,4 +149,7 @@ def _build_synthetic(root, split, preset, common, n=None, data_seed=0):
     names = [f"synthetic-{split}-s{gen_seed}:{i:06d}" for i in range(len(poses))]
     return PoseDataset(load=ArraySource(images), names=names, poses=poses, regions=FixedRegions(None),
                        preset=preset, dataset_id=f"synthetic:{Path(root).resolve()}:{gen_seed}:{preset.size}",
-                       **common)
+                       seed=seed, cache_dir=cache_dir, cache_resolution=cache_resolution)
+
+
+load_synthetic.preset_defaults = {"crop_fraction": 1.0}  # rendered images are already face crops

@@ -167,19 +167,24 @@ def load_biwi_npz(path, preset, *, seed=0, cache_dir=None, cache_resolution=None
                        dataset_id=f"biwi_npz:{path.resolve()}")
 
 
-def load_biwi(root, preset, *, split="all", format="auto", **kw) -> PoseDataset:
-    """BIWI from ``root``: raw Kinect folders or FSA-Net ``.npz`` (``format`` "auto", "raw" or "npz")."""
+def load_biwi(root, preset, *, split="all", seed=0, cache_dir=None, cache_resolution=None, format="auto",
+              box_mm=300.0, train_fraction=0.7, split_seed=0) -> PoseDataset:
+    """BIWI from ``root``: raw Kinect folders or FSA-Net ``.npz`` (``format`` "auto", "raw" or "npz").
+
+    ``box_mm``, ``train_fraction`` and ``split_seed`` apply to the raw folders
+    (:func:`load_biwi_raw`); the ``.npz`` files come cropped and split.
+    """
     root = Path(root)
     if format not in ("auto", "raw", "npz"):
         raise ValueError(f"BIWI format must be 'auto', 'raw' or 'npz', got {format!r}")
     if not root.exists():
         raise DataError(f"{root}: not found; download BIWI (raw kinect_head_pose_db or FSA-Net's BIWI_*.npz) "
                         "and put it there (see data/README.md)")
-    npz_opts = {k: v for k, v in kw.items() if k in ("seed", "cache_dir", "cache_resolution")}
+    common = dict(seed=seed, cache_dir=cache_dir, cache_resolution=cache_resolution)
     if root.is_file():
         if format == "raw":
             raise DataError(f"{root}: is a file; format='raw' needs the kinect_head_pose_db folder")
-        return load_biwi_npz(root, preset, **npz_opts)
+        return load_biwi_npz(root, preset, **common)
     if format == "npz" or (format == "auto" and any(root.glob("*.npz")) and not _frames(root)
                            and not any(p.is_dir() and _frames(p) for p in root.iterdir())):
         if split not in NPZ_FILES:
@@ -188,5 +193,6 @@ def load_biwi(root, preset, *, split="all", format="auto", **kw) -> PoseDataset:
         if not f.exists():
             raise DataError(f"{f}: not found for split {split!r}; .npz files here: "
                             f"{sorted(p.name for p in root.glob('*.npz'))} (see data/README.md)")
-        return load_biwi_npz(f, preset, **npz_opts)
-    return load_biwi_raw(root, preset, split=split, **kw)
+        return load_biwi_npz(f, preset, **common)
+    return load_biwi_raw(root, preset, split=split, **common, box_mm=box_mm, train_fraction=train_fraction,
+                         split_seed=split_seed)

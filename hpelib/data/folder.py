@@ -40,8 +40,9 @@ def list_images(root, extensions=IMAGE_EXTENSIONS) -> list[str]:
     return out
 
 
-def load_folder(root, preset, *, seed=0, cache_dir=None, cache_resolution=None,
+def load_folder(root, preset, *, split="all", seed=0, cache_dir=None, cache_resolution=None,
                 extensions=IMAGE_EXTENSIONS) -> PoseDataset:
+    """Every image under ``root`` with one of ``extensions``, unlabelled (a single set: ``split`` is ignored)."""
     root = Path(root)
     names = list_images(root, extensions)
     poses = np.full((len(names), 3), np.nan, dtype=np.float32)

@@ -132,9 +132,12 @@ def _check_root(root, what, example):
     return root
 
 
-def load_300w_lp(root, preset, *, seed=0, cache_dir=None, cache_resolution=None, k_range=(0.2, 0.4),
+def load_300w_lp(root, preset, *, split="all", seed=0, cache_dir=None, cache_resolution=None, k_range=(0.2, 0.4),
                  eval_k=0.3, max_angle=99.0, drop_invisible_landmarks=True, subsets=LP300W_SUBSETS) -> PoseDataset:
-    """300W-LP from ``root`` holding ``AFW/``, ``AFW_Flip/``, ``HELEN/`` ... (each ``*.jpg`` + ``*.mat``)."""
+    """300W-LP from ``root`` holding ``AFW/``, ``AFW_Flip/``, ``HELEN/`` ... (each ``*.jpg`` + ``*.mat``).
+
+    A single set: ``split`` (part of every data set loader's signature) is ignored.
+    """
     root = _check_root(root, "300W-LP", f"{Path(root) / 'AFW' / 'AFW_134212_1_0.jpg'}")
     unknown = [s for s in subsets if s not in LP300W_SUBSETS]
     if unknown:
@@ -161,9 +164,9 @@ def load_300w_lp(root, preset, *, seed=0, cache_dir=None, cache_resolution=None,
                        dataset_id=f"300w_lp:{root.resolve()}")
 
 
-def load_aflw2000(root, preset, *, seed=0, cache_dir=None, cache_resolution=None, k=0.2, max_angle=99.0,
-                  drop_invisible_landmarks=True) -> PoseDataset:
-    """AFLW2000-3D from a flat folder of ``imageNNNNN.jpg`` + ``imageNNNNN.mat``."""
+def load_aflw2000(root, preset, *, split="all", seed=0, cache_dir=None, cache_resolution=None, k=0.2,
+                  max_angle=99.0, drop_invisible_landmarks=True) -> PoseDataset:
+    """AFLW2000-3D from a flat folder of ``imageNNNNN.jpg`` + ``imageNNNNN.mat`` (a single set: ``split`` is ignored)."""
     root = _check_root(root, "AFLW2000-3D", f"{Path(root) / 'image00002.jpg'}")
     pairs = list_pairs(root, root)
     if not pairs:

@@ -4,7 +4,7 @@ See docs/ENGINE.md for how to run, resume and launch with ``torchrun``.
 """
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .evaluate import evaluate
+from .evaluate import Evaluation, evaluate
 from .loop import pretrain, train
 
-__all__ = ["TrainConfig", "pretrain", "train", "evaluate", "load_checkpoint"]
+__all__ = ["TrainConfig", "pretrain", "train", "evaluate", "Evaluation", "load_checkpoint"]

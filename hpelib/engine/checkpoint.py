@@ -22,9 +22,7 @@ import torch
 
 from ..io import atomic_write
 from ..models.files import read_checkpoint  # noqa: F401  (the reader of these files)
-
-CHECKPOINT = "checkpoint.pt"
-MODEL = "model.pt"
+from ..runs import CHECKPOINT, MODEL  # the run folder's file names
 
 
 def save(obj: dict, path: str | Path) -> Path:

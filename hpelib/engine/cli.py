@@ -14,6 +14,12 @@ The config file (JSON, or YAML when it ends in .yaml/.yml) holds::
      "test_data": {...}}                                           # evaluated after train, and by evaluate
 
 ``evaluate`` reads the model from ``--checkpoint`` (default: ``out_dir``).
+
+Files: the engine writes ``checkpoint.pt``, ``history.json`` and ``model.pt``;
+this command adds, through :class:`hpelib.runs.RunFolder`, ``metrics.json``
+(the training summary -- ``kind``, ``epochs``, ``train_time_s``,
+``train_loss_<name>``, ``val_<metric>`` -- and the test metrics) and, when
+there is a test set, ``predictions.csv``.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ import sys
 from pathlib import Path
 
 _KEYS = ("out_dir", "model", "train", "train_data", "val_data", "test_data", "eval_batch_size")
+# Keys of metrics.json that describe the training (kept when ``evaluate`` rewrites the file).
+_TRAINING_KEYS = ("train_", "val_", "epochs", "kind")
 
 
 def load_run_config(path) -> dict:
@@ -74,19 +82,23 @@ def _main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from hpelib.engine import evaluate, pretrain, train
+    from hpelib.runs import RunFolder
 
     cfg = load_run_config(args.config)
     out_dir = args.out_dir or cfg.get("out_dir")
     if not out_dir:
         parser.error("set out_dir in the config or pass --out-dir")
+    folder = RunFolder(out_dir)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     eval_bs = int(cfg.get("eval_batch_size", 64))
+    test_spec = cfg.get("test_data")
 
     if args.command == "evaluate":
         if rank0:  # evaluation is single-process
-            result = evaluate(args.checkpoint or out_dir, _dataset(cfg.get("test_data"), "test_data", True),
-                              out_dir=out_dir, batch_size=eval_bs)
-            print(json.dumps(result, indent=2))
+            evaluation = evaluate(args.checkpoint or out_dir, _dataset(test_spec, "test_data", True),
+                                  batch_size=eval_bs)
+            _write_results(folder, _stored_training_summary(folder), test_spec, evaluation)
+            print(json.dumps(evaluation.metrics, indent=2))
         return 0
 
     train_set = _dataset(cfg.get("train_data"), "train_data", True)
@@ -96,12 +108,43 @@ def _main(argv=None) -> int:
         val_set = _dataset(cfg.get("val_data"), "val_data", False)
         result = train(cfg.get("model") or {}, train_set, val_set, cfg.get("train") or {}, out_dir,
                        resume=not args.restart)
-        if rank0 and cfg.get("test_data") is not None:
-            result["test"] = evaluate(out_dir, _dataset(cfg["test_data"], "test_data", True), out_dir=out_dir,
-                                      batch_size=eval_bs)
-    if rank0:
-        print(json.dumps(result, indent=2))
+    if not rank0:
+        return 0
+    evaluation = None
+    if args.command == "train" and test_spec is not None:
+        evaluation = evaluate(out_dir, _dataset(test_spec, "test_data", True), batch_size=eval_bs)
+        result["test"] = evaluation.metrics
+    _write_results(folder, _training_summary(result), test_spec, evaluation)
+    print(json.dumps(result, indent=2))
     return 0
+
+
+def _training_summary(result: dict) -> dict:
+    """The training entries of ``metrics.json`` from the result of ``train()`` / ``pretrain()``."""
+    out = {"kind": result["kind"], "epochs": result["epochs"], "train_time_s": result["train_time_s"]}
+    out.update({f"train_loss_{k}": v for k, v in result["train_loss"].items()})
+    if result["val"]:
+        out.update({f"val_{k}": v for k, v in result["val"].items()})
+    return out
+
+
+def _stored_training_summary(folder) -> dict:
+    """The training entries of the folder's ``metrics.json`` (none when there is no such file)."""
+    from hpelib.runs import METRICS
+
+    if not folder.has(METRICS):
+        return {}
+    return {k: v for k, v in folder.read_metrics().items() if k.startswith(_TRAINING_KEYS)}
+
+
+def _write_results(folder, summary: dict, test_spec: dict | None, evaluation) -> None:
+    """``predictions.csv`` of an evaluation, then ``metrics.json``: the training ``summary`` and its test metrics."""
+    per_set = {}
+    if evaluation is not None:
+        test_set = str(test_spec.get("name", "test"))
+        folder.write_predictions({test_set: evaluation.frame()})
+        per_set[test_set] = evaluation.metrics
+    folder.write_metrics(per_set, **summary)
 
 
 if __name__ == "__main__":

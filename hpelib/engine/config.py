@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import torch
 
+from hpelib.registry import check_keys
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "none")
 AMP_MODES = ("auto", "bf16", "off")
@@ -104,11 +106,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainConfig":
         """Build from a plain dict; unknown keys raise ``ValueError`` listing the valid ones."""
-        d = dict(d or {})
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown key(s) {unknown}; valid keys are {valid}")
+        d = {} if d is None else d
+        check_keys(d, [f.name for f in dataclasses.fields(cls)], "TrainConfig")
         return cls(**d)
 
     def to_dict(self) -> dict:

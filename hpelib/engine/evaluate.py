@@ -1,15 +1,18 @@
-"""Evaluation: predictions for a data set, per-sample errors, mean metrics, files.
+"""Evaluation: predictions for a data set and their mean errors; it writes no file.
 
 Errors come from :mod:`hpelib.metrics` (wrap-aware MAE on the closer Euler
 triplet, and geodesic error). Samples whose label is NaN (unlabeled) get a
-prediction row but do not count in the metrics. Evaluation runs in float32
+prediction but do not count in the metrics. Evaluation runs in float32
 (no autocast): a bf16 forward moves the expected angle of the binned head by
 a noticeable fraction of a degree, which matters at 3-5 degree errors.
+
+The run folder's ``metrics.json`` and ``predictions.csv`` are written by the
+caller, through :class:`hpelib.runs.RunFolder` (:meth:`Evaluation.frame` gives
+the predictions table).
 """
 from __future__ import annotations
 
-import csv
-import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,15 +21,29 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import metrics as M
-from ..io import read_json, write_json, write_text
+from ..runs import predictions_frame
 from .config import resolve_device
 from .data import make_loader
 
-PREDICTIONS = "predictions.csv"
-METRICS = "metrics.json"
-# Keys of a training run's metrics.json that evaluate() keeps when it writes
-# the test metrics into the same folder.
-_TRAINING_KEYS = ("train_", "val_", "epochs", "kind")
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """What :func:`evaluate` found: one prediction per sample, in data set order, and the mean errors.
+
+    ``names``: the data set's sample names (``"0"``, ``"1"``, ... when it has
+    none); ``pred`` / ``true``: float64 ``[N, 3]`` (yaw, pitch, roll) in
+    degrees, ``true`` rows of NaN for unlabeled samples; ``metrics``: the
+    errors on the labeled samples (:func:`summarize_predictions`).
+    """
+
+    names: list[str]
+    pred: np.ndarray
+    true: np.ndarray
+    metrics: dict
+
+    def frame(self):
+        """The predictions table (:func:`hpelib.runs.predictions_frame`): names, poses and per-sample errors."""
+        return predictions_frame(self.names, self.pred, self.true)
 
 
 @torch.inference_mode()
@@ -59,38 +76,23 @@ def predict_dataset(model: nn.Module, dataset, batch_size: int = 64, device="aut
     return np.concatenate(preds), np.concatenate(trues)
 
 
-def per_sample_errors(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(labeled_mask [N], angle_err [N, 3], geodesic_err [N])``; errors are NaN for unlabeled rows."""
-    labeled = np.isfinite(true).all(1)
-    angle_err = np.full_like(true, np.nan)
-    geo_err = np.full(len(true), np.nan)
-    if labeled.any():
-        angle_err[labeled] = M.angle_errors(pred[labeled], true[labeled])
-        geo_err[labeled] = M.geodesic_errors(pred[labeled], true[labeled])
-    return labeled, angle_err, geo_err
-
-
 def summarize_predictions(pred: np.ndarray, true: np.ndarray) -> dict:
-    labeled, angle_err, geo_err = per_sample_errors(pred, true)
+    """Mean errors (:func:`hpelib.metrics.summarize`) over the labeled rows of ``true``."""
+    labeled = M.labelled_rows(true)
     if not labeled.any():
         raise ValueError("the evaluation set has no labeled sample (all poses are NaN); use a labeled test set")
-    return M.summarize_errors(angle_err[labeled], geo_err[labeled])
+    return M.summarize(pred[labeled], true[labeled])
 
 
-def evaluate(model_or_checkpoint, dataset, out_dir=None, batch_size: int = 64, device="auto",
-             num_workers: int = 0, progress: bool = True) -> dict:
-    """Evaluate a model (or an hpelib checkpoint file / run folder) on ``dataset``.
+def evaluate(model_or_checkpoint, dataset, batch_size: int = 64, device="auto", num_workers: int = 0,
+             progress: bool = True) -> Evaluation:
+    """Predict every sample of ``dataset`` with a model (or an hpelib checkpoint file / run folder).
 
-    Returns the metrics of :func:`hpelib.metrics.summarize_errors` (``yaw``,
-    ``pitch``, ``roll``, ``mae``, ``geodesic``, ``n``) computed on the labeled
-    samples. With ``out_dir`` it also writes, atomically:
-
-    * ``predictions.csv``: ``name``, ``yaw_true``, ``pitch_true``, ``roll_true``,
-      ``yaw_pred``, ``pitch_pred``, ``roll_pred``, ``yaw_err``, ``pitch_err``,
-      ``roll_err``, ``geodesic_err`` (one row per sample, in data set order);
-    * ``metrics.json``: the metrics; if the folder already holds a training
-      run's ``metrics.json``, its ``train_*``/``val_*``/``epochs``/``kind``
-      entries are kept, so one file describes the run and its test result.
+    Returns an :class:`Evaluation`: the predictions and, in ``.metrics``, the
+    errors of :func:`hpelib.metrics.summarize_errors` (``yaw``, ``pitch``,
+    ``roll``, ``mae``, ``geodesic``, ``n``) on the labeled samples. Nothing is
+    written: store the result with :meth:`hpelib.runs.RunFolder.write_metrics`
+    and :meth:`~hpelib.runs.RunFolder.write_predictions` (``{test_set: evaluation.frame()}``).
     """
     from .checkpoint import load_checkpoint
 
@@ -102,37 +104,11 @@ def evaluate(model_or_checkpoint, dataset, out_dir=None, batch_size: int = 64, d
     else:
         raise TypeError(f"evaluate() needs an nn.Module or a checkpoint path, got {type(model_or_checkpoint).__name__}")
     pred, true = predict_dataset(model, dataset, batch_size, dev, num_workers, progress=progress)
-    result = summarize_predictions(pred, true)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        write_predictions(out_dir / PREDICTIONS, _names(dataset, len(pred)), pred, true)
-        merged = {}
-        if (out_dir / METRICS).is_file():
-            old = read_json(out_dir / METRICS)
-            merged = {k: v for k, v in old.items() if k.startswith(_TRAINING_KEYS)}
-        merged.update(result)
-        write_json(out_dir / METRICS, merged)
-    return result
-
-
-def write_predictions(path: Path, names, pred: np.ndarray, true: np.ndarray) -> Path:
-    _, angle_err, geo_err = per_sample_errors(pred, true)
-    header = ["name"] + [f"{a}_true" for a in M.ANGLE_NAMES] + [f"{a}_pred" for a in M.ANGLE_NAMES] \
-        + [f"{a}_err" for a in M.ANGLE_NAMES] + ["geodesic_err"]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    for i, name in enumerate(names):
-        row = [name] + [_fmt(v) for v in (*true[i], *pred[i], *angle_err[i], geo_err[i])]
-        w.writerow(row)
-    return write_text(path, buf.getvalue())
-
-
-def _fmt(v: float) -> str:
-    return "" if not np.isfinite(v) else f"{v:.6g}"
+    return Evaluation(_names(dataset, len(pred)), pred, true, summarize_predictions(pred, true))
 
 
 def _names(dataset, n: int) -> list[str]:
+    """``dataset.names`` as strings when it has one per sample, else ``"0"``, ``"1"``, ..."""
     names = getattr(dataset, "names", None)
     if names is None or len(names) != n:
         return [str(i) for i in range(n)]

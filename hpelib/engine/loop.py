@@ -5,16 +5,17 @@ returns a dict of 0-d tensors with ``"total"``), so the same loop runs the HPE
 baseline, HMTL with auxiliary SSL tasks, and SSL pre-training (``pretrain``
 hides the labels: every pose is NaN, and the config must have no pose head).
 
-Files written into ``out_dir`` (rank 0 only):
+Files written into ``out_dir`` (rank 0 only; names from :mod:`hpelib.runs`):
 
 * ``checkpoint.pt`` after every epoch (see :mod:`hpelib.engine.checkpoint`);
   a later call with the same ``out_dir`` resumes from it, and a finished run
-  returns its stored result without training again;
+  returns its stored result (the checkpoint's ``result``) without training again;
 * ``history.json``: configs plus one record per epoch (``loss`` means, ``lr``,
   ``time_s``, ``images_per_s``, ``val`` metrics when validated);
-* at the end, ``model.pt`` (final weights + ``model_config``) and
-  ``metrics.json`` (``train_time_s``, ``epochs``, ``kind``, ``train_loss_<name>``
-  of the last epoch and ``val_<metric>`` of the last validation).
+* at the end, ``model.pt`` (final weights + ``model_config``).
+
+``metrics.json`` is not written here: the caller (the engine CLI, an
+experiment) writes the run folder's metrics through :class:`hpelib.runs.RunFolder`.
 
 The final weights are those of the last epoch; the validation set is only
 monitored (no best-epoch selection, which would tune on the test set when the
@@ -24,21 +25,22 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..io import write_json
+from ..runs import CHECKPOINT, HISTORY, MODEL
 from . import checkpoint as C
 from . import distributed as D
 from .config import TrainConfig, build_optimizer, build_scheduler
 from .data import derive_seed, seed_everything, steps_per_epoch, train_loader, view_generator
-from .evaluate import METRICS, predict_dataset, summarize_predictions
-
-HISTORY = "history.json"
+from .evaluate import predict_dataset, summarize_predictions
 
 EpochCallback = Callable[[dict], None]
 
@@ -57,11 +59,14 @@ def train(model_cfg, train_set, val_set, train_cfg, out_dir, *, resume: bool = T
     ``on_epoch_end(info)`` is called on every rank after each epoch's checkpoint
     with ``epoch`` (finished epochs), ``model``, ``history``, ``rank``.
 
-    Returns the result dict (also in ``metrics.json``): ``kind``, ``epochs``,
-    ``train_time_s``, ``train_loss`` (dict), ``val`` (metrics or ``None``),
-    ``out_dir``, ``finished``.
+    Returns the result dict (also stored in ``checkpoint.pt``): ``kind``,
+    ``epochs``, ``train_time_s``, ``train_loss`` (dict), ``val`` (metrics or
+    ``None``), ``out_dir``, ``finished``. A run stopped by ``stop_after_epoch``
+    returns only ``kind``, ``epochs`` (done so far), ``finished`` (False),
+    ``out_dir`` and ``train_time_s``.
     """
-    return _run("train", model_cfg, train_set, val_set, train_cfg, out_dir, resume, stop_after_epoch, on_epoch_end)
+    return _run(_Job("train", model_cfg, train_cfg, train_set, val_set, out_dir, resume=resume,
+                     stop_after_epoch=stop_after_epoch, on_epoch_end=on_epoch_end))
 
 
 def pretrain(model_cfg, image_set, train_cfg, out_dir, *, resume: bool = True,
@@ -78,16 +83,60 @@ def pretrain(model_cfg, image_set, train_cfg, out_dir, *, resume: bool = True,
                          "use train() to train a pose head")
     if not getattr(cfg, "ssl_tasks", None):
         raise ValueError("pretrain() needs at least one SSL task in model config 'ssl_tasks'")
-    return _run("pretrain", cfg, image_set, None, train_cfg, out_dir, resume, stop_after_epoch, on_epoch_end)
+    return _run(_Job("pretrain", cfg, train_cfg, image_set, None, out_dir, resume=resume,
+                     stop_after_epoch=stop_after_epoch, on_epoch_end=on_epoch_end))
 
 
-def _run(kind, model_cfg, train_set, val_set, train_cfg, out_dir, resume, stop_after_epoch, on_epoch_end):
-    model_cfg = C.as_model_config(model_cfg)
-    cfg = train_cfg if isinstance(train_cfg, TrainConfig) else TrainConfig.from_dict(train_cfg)
-    info, device = D.setup(cfg.resolve_device())
+@dataclass
+class _Job:
+    """What ``train()`` / ``pretrain()`` was asked to do; the configs are normalized on creation."""
+
+    kind: str  # "train" or "pretrain"
+    model_cfg: object  # a ModelConfig (a dict is converted)
+    cfg: TrainConfig  # a dict is converted
+    train_set: object
+    val_set: object
+    out_dir: Path
+    resume: bool = True
+    stop_after_epoch: Optional[int] = None
+    on_epoch_end: Optional[EpochCallback] = None
+    model_config: dict = field(init=False)  # model_cfg as stored in the files
+
+    def __post_init__(self):
+        self.model_cfg = C.as_model_config(self.model_cfg)
+        if not isinstance(self.cfg, TrainConfig):
+            self.cfg = TrainConfig.from_dict(self.cfg)
+        self.out_dir = Path(self.out_dir)
+        self.model_config = C.model_config_dict(self.model_cfg)
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+
+@dataclass
+class _Fit:
+    """A run in progress on this process: the job and what trains it, carried from epoch to epoch."""
+
+    job: _Job
+    model: nn.Module
+    net: nn.Module  # the model, wrapped in DDP when distributed
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    device: torch.device
+    info: D.DistInfo
+    use_amp: bool
+    channels_last: bool
+    n_steps: int  # optimizer steps per epoch
+    start_epoch: int = 0  # epochs already done when this process started (resume)
+    history: list = field(default_factory=list)  # one record per finished epoch
+
+
+def _run(job: _Job) -> dict:
+    """Join the process group when launched by torchrun, fit, and leave the group."""
+    info, device = D.setup(job.cfg.resolve_device())
     try:
-        result = _fit(kind, model_cfg, train_set, val_set, cfg, Path(out_dir), resume, stop_after_epoch,
-                      on_epoch_end, info, device)
+        result = _execute(job, info, device)
     except BaseException:
         # No barrier here: the other ranks may be stuck elsewhere.
         if info.created_group and dist.is_initialized():
@@ -97,117 +146,93 @@ def _run(kind, model_cfg, train_set, val_set, train_cfg, out_dir, resume, stop_a
     return result
 
 
-def _fit(kind, model_cfg, train_set, val_set, cfg: TrainConfig, out_dir: Path, resume, stop_after_epoch,
-         on_epoch_end, info: D.DistInfo, device: torch.device) -> dict:
+def _execute(job: _Job, info: D.DistInfo, device: torch.device) -> dict:
+    """Resume or start the job, train the missing epochs and save the final files; returns the result."""
+    saved = None
+    if job.resume and job.checkpoint.is_file():
+        saved = C.read_checkpoint(job.checkpoint)
+        _check_same_run(job, saved)
+        if saved.get("result") is not None:
+            return dict(saved["result"])
+    fit = _start(job, info, device, saved)
+    for epoch in range(fit.start_epoch, job.cfg.epochs):
+        _run_epoch(fit, epoch)
+        if job.on_epoch_end is not None:
+            job.on_epoch_end({"epoch": epoch + 1, "model": fit.model, "history": fit.history, "rank": info.rank})
+        if job.stop_after_epoch is not None and epoch + 1 >= job.stop_after_epoch and epoch + 1 < job.cfg.epochs:
+            return {"kind": job.kind, "epochs": epoch + 1, "finished": False, "out_dir": str(job.out_dir),
+                    "train_time_s": sum(h["time_s"] for h in fit.history)}
+    return _finish(fit)
+
+
+def _start(job: _Job, info: D.DistInfo, device: torch.device, saved: Optional[dict]) -> _Fit:
+    """Build the model, optimizer and schedule (seeded), restored from the checkpoint ``saved`` if any."""
     from ..models import build_model
 
-    mcfg_dict = C.model_config_dict(model_cfg)
-    ckpt_path = out_dir / C.CHECKPOINT
-    state = None
-    if resume and ckpt_path.is_file():
-        state = C.read_checkpoint(ckpt_path)
-        _check_same_run(state, kind, mcfg_dict, cfg, ckpt_path)
-        if state.get("result") is not None:
-            return dict(state["result"])
-
+    cfg = job.cfg
     seed_everything(cfg.seed)
-    model = build_model(model_cfg).to(device)
-    use_cl = cfg.use_channels_last(device)
-    if use_cl:
+    model = build_model(job.model_cfg).to(device)
+    channels_last = cfg.use_channels_last(device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    use_amp = cfg.use_amp(device)
     optimizer = build_optimizer(model.parameters(), cfg)
-    n_steps = steps_per_epoch(len(train_set), cfg, info.world_size)
+    n_steps = steps_per_epoch(len(job.train_set), cfg, info.world_size)
     scheduler = build_scheduler(optimizer, cfg, n_steps)
-    history: list[dict] = []
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
-        C.set_rng_state(state["rng"])
-    net = D.wrap(model, info, device, cfg.ddp_find_unused_parameters)
+    fit = _Fit(job, model, model, optimizer, scheduler, device, info, cfg.use_amp(device), channels_last, n_steps)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        fit.history = list(saved["history"])
+        fit.start_epoch = int(saved["epoch"])
+        C.set_rng_state(saved["rng"])
+    fit.net = D.wrap(model, info, device, cfg.ddp_find_unused_parameters)
+    return fit
 
-    for epoch in range(start_epoch, cfg.epochs):
-        # Everything random in this epoch is a function of (seed, epoch, rank).
-        seed_everything(derive_seed(cfg.seed, epoch, "global", info.rank))
-        loader = train_loader(train_set, cfg, epoch, device, info.rank, info.world_size)
-        gen = view_generator(cfg.seed, epoch, info.rank, torch.device("cpu"))
-        record = _train_epoch(kind, net, model, loader, optimizer, scheduler, cfg, epoch, n_steps, gen,
-                              device, use_amp, use_cl, info)
-        D.sync_buffers(model, info)
-        validate = val_set is not None and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs)
-        if validate and info.is_main:
-            t0 = time.perf_counter()
-            pred, true = predict_dataset(model, val_set, cfg.batch_size, device, cfg.num_workers,
-                                         channels_last=use_cl, progress=cfg.progress, desc="validate")
-            record["val"] = summarize_predictions(pred, true)
-            record["time_s"] += time.perf_counter() - t0
-        if validate:
-            record["val"] = D.broadcast_object(record["val"], info)
-        history.append(record)
-        if info.is_main:
-            C.save(_state(kind, model, optimizer, scheduler, epoch + 1, history, mcfg_dict, cfg), ckpt_path)
-            write_json(out_dir / HISTORY, _history_doc(kind, mcfg_dict, cfg, history))
-            _log_epoch(kind, record, cfg)
-        D.barrier(info)
-        if on_epoch_end is not None:
-            on_epoch_end({"epoch": epoch + 1, "model": model, "history": history, "rank": info.rank})
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < cfg.epochs:
-            return {"kind": kind, "epochs": epoch + 1, "finished": False, "out_dir": str(out_dir),
-                    "train_time_s": sum(h["time_s"] for h in history)}
 
-    result = _result(kind, history, cfg, out_dir)
+def _run_epoch(fit: _Fit, epoch: int) -> None:
+    """Train epoch ``epoch`` (0-based), validate if due, append its record and checkpoint (rank 0)."""
+    job, info = fit.job, fit.info
+    # Everything random in this epoch is a function of (seed, epoch, rank).
+    seed_everything(derive_seed(job.cfg.seed, epoch, "global", info.rank))
+    loader = train_loader(job.train_set, job.cfg, epoch, fit.device, info.rank, info.world_size)
+    gen = view_generator(job.cfg.seed, epoch, info.rank, torch.device("cpu"))
+    record = _train_epoch(fit, loader, gen, epoch)
+    D.sync_buffers(fit.model, info)
+    _validate(fit, record, epoch)
+    fit.history.append(record)
     if info.is_main:
-        C.save({"model_config": mcfg_dict, "model": model.state_dict(), "epoch": cfg.epochs, "kind": kind},
-               out_dir / C.MODEL)
-        write_json(out_dir / METRICS, _flat_metrics(result))
-        final = _state(kind, model, optimizer, scheduler, cfg.epochs, history, mcfg_dict, cfg)
-        final["result"] = result
-        C.save(final, ckpt_path)
-    return result
+        C.save(_state(fit, epoch + 1), job.checkpoint)
+        write_json(job.out_dir / HISTORY, _history_doc(fit))
+        _log_epoch(job.kind, record, job.cfg)
+    D.barrier(info)
 
 
-def _train_epoch(kind, net, model, loader, optimizer, scheduler, cfg, epoch, n_steps, gen, device, use_amp,
-                 use_cl, info) -> dict:
-    model.train()
+def _train_epoch(fit: _Fit, loader, gen: torch.Generator, epoch: int) -> dict:
+    """One pass over ``loader`` (at most ``n_steps`` steps); returns the epoch's history record."""
+    job, cfg, info = fit.job, fit.job.cfg, fit.info
+    fit.model.train()
     sums: dict[str, float] = {}
     n_images = 0
     steps_done = 0
-    lr = optimizer.param_groups[0]["lr"]
+    lr = fit.optimizer.param_groups[0]["lr"]
     show = cfg.progress and info.is_main
-    bar = tqdm(total=n_steps, desc=f"{kind} {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
+    bar = tqdm(total=fit.n_steps, desc=f"{job.kind} {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
                unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
     try:
         for step, (images, poses) in enumerate(loader):
-            if step >= n_steps:
+            if step >= fit.n_steps:
                 break
-            images = images.to(device, non_blocking=True)
-            if use_cl:
-                images = images.contiguous(memory_format=torch.channels_last)
-            poses = poses.to(device, dtype=torch.float32, non_blocking=True)
-            if kind == "pretrain":
-                poses = torch.full_like(poses, float("nan"))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses = net(images, poses, gen)
-            values = _loss_values(losses, kind)
-            bad = [k for k, v in values.items() if not math.isfinite(v)]
-            if D.any_true(bool(bad), info, device):
-                raise FloatingPointError(_nonfinite_message(kind, epoch, step, values, bad, lr, cfg))
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            losses = _forward(fit, images, poses, gen)
+            values = _loss_values(losses, job.kind)
+            _stop_if_nonfinite(fit, values, epoch, step, lr)
+            _optimizer_step(fit, losses["total"])
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             n_images += images.shape[0]
             steps_done = done = step + 1
-            if show and (done % cfg.log_every == 0 or done == n_steps):
+            if show and (done % cfg.log_every == 0 or done == fit.n_steps):
                 rate = n_images * info.world_size / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{sums['total'] / done:.4f}", img_s=f"{rate:.1f}")
             bar.update(1)
@@ -215,14 +240,67 @@ def _train_epoch(kind, net, model, loader, optimizer, scheduler, cfg, epoch, n_s
         bar.close()
     elapsed = time.perf_counter() - t0
     if steps_done == 0:
-        raise ValueError(f"{kind}: epoch {epoch + 1} had no batch; the training set has {len(loader.dataset)} samples")
-    # Mean losses over all steps of all ranks.
-    gathered = D.gather_objects((sums, steps_done), info)
+        raise ValueError(f"{job.kind}: epoch {epoch + 1} had no batch; "
+                         f"the training set has {len(loader.dataset)} samples")
+    return {"epoch": epoch + 1, "loss": _mean_losses(sums, steps_done, info), "lr": lr, "time_s": elapsed,
+            "steps": steps_done, "images_per_s": n_images * info.world_size / max(elapsed, 1e-9), "val": None}
+
+
+def _forward(fit: _Fit, images, poses, gen: torch.Generator) -> dict:
+    """The model's losses for one batch (labels hidden when pre-training), under autocast if enabled."""
+    images = images.to(fit.device, non_blocking=True)
+    if fit.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    poses = poses.to(fit.device, dtype=torch.float32, non_blocking=True)
+    if fit.job.kind == "pretrain":
+        poses = torch.full_like(poses, float("nan"))
+    with torch.autocast(fit.device.type, dtype=torch.bfloat16, enabled=fit.use_amp):
+        return fit.net(images, poses, gen)
+
+
+def _optimizer_step(fit: _Fit, total: torch.Tensor) -> None:
+    """Backward, optional gradient clipping, optimizer and schedule step."""
+    fit.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if fit.job.cfg.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(fit.model.parameters(), fit.job.cfg.grad_clip)
+    fit.optimizer.step()
+    fit.scheduler.step()
+
+
+def _mean_losses(sums: dict[str, float], steps: int, info: D.DistInfo) -> dict[str, float]:
+    """Mean losses over all steps of all ranks."""
+    gathered = D.gather_objects((sums, steps), info)
     total_steps = sum(s for _, s in gathered)
     keys = sorted({k for d, _ in gathered for k in d})
-    loss = {k: sum(d.get(k, 0.0) for d, _ in gathered) / total_steps for k in keys}
-    return {"epoch": epoch + 1, "loss": loss, "lr": lr, "time_s": elapsed, "steps": steps_done,
-            "images_per_s": n_images * info.world_size / max(elapsed, 1e-9), "val": None}
+    return {k: sum(d.get(k, 0.0) for d, _ in gathered) / total_steps for k in keys}
+
+
+def _validate(fit: _Fit, record: dict, epoch: int) -> None:
+    """Put the validation metrics into ``record["val"]`` when due (computed on rank 0, sent to all)."""
+    job, cfg = fit.job, fit.job.cfg
+    if job.val_set is None or not ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+        return
+    if fit.info.is_main:
+        t0 = time.perf_counter()
+        pred, true = predict_dataset(fit.model, job.val_set, cfg.batch_size, fit.device, cfg.num_workers,
+                                     channels_last=fit.channels_last, progress=cfg.progress, desc="validate")
+        record["val"] = summarize_predictions(pred, true)
+        record["time_s"] += time.perf_counter() - t0
+    record["val"] = D.broadcast_object(record["val"], fit.info)
+
+
+def _finish(fit: _Fit) -> dict:
+    """Save ``model.pt`` and the final checkpoint holding the result (rank 0); returns the result."""
+    job = fit.job
+    result = _result(fit)
+    if fit.info.is_main:
+        C.save({"model_config": job.model_config, "model": fit.model.state_dict(), "epoch": job.cfg.epochs,
+                "kind": job.kind}, job.out_dir / MODEL)
+        final = _state(fit, job.cfg.epochs)
+        final["result"] = result
+        C.save(final, job.checkpoint)
+    return result
 
 
 def _loss_values(losses, kind) -> dict[str, float]:
@@ -234,71 +312,75 @@ def _loss_values(losses, kind) -> dict[str, float]:
     return dict(zip(keys, stacked))
 
 
-def _nonfinite_message(kind, epoch, step, values, bad, lr, cfg) -> str:
+def _stop_if_nonfinite(fit: _Fit, values: dict[str, float], epoch: int, step: int, lr: float) -> None:
+    """Raise on every rank, before the update, if a loss is not finite on any rank."""
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if not D.any_true(bool(bad), fit.info, fit.device):
+        return
     parts = [k for k in bad if k != "total"] or bad
     shown = ", ".join(f"{k}={values[k]}" for k in parts)
     where = "on another DDP rank" if not bad else f"in loss component(s) {shown}"
-    return (f"{kind}: non-finite loss at epoch {epoch + 1}, step {step + 1} {where} "
-            f"(all losses: {values}). Training stopped before the update, the last checkpoint is intact. "
-            f"Lower lr (now {lr:g}), set grad_clip, or check the data for NaN/inf inputs.")
+    raise FloatingPointError(
+        f"{fit.job.kind}: non-finite loss at epoch {epoch + 1}, step {step + 1} {where} "
+        f"(all losses: {values}). Training stopped before the update, the last checkpoint is intact. "
+        f"Lower lr (now {lr:g}), set grad_clip, or check the data for NaN/inf inputs.")
 
 
-def _state(kind, model, optimizer, scheduler, epoch, history, mcfg_dict, cfg) -> dict:
+def _state(fit: _Fit, epoch: int) -> dict:
+    """The content of ``checkpoint.pt`` after ``epoch`` finished epochs (RNG states taken now)."""
+    job = fit.job
     return {
-        "kind": kind,
-        "model_config": mcfg_dict,
-        "train_config": cfg.to_dict(),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "kind": job.kind,
+        "model_config": job.model_config,
+        "train_config": job.cfg.to_dict(),
+        "model": fit.model.state_dict(),
+        "optimizer": fit.optimizer.state_dict(),
+        "scheduler": fit.scheduler.state_dict(),
         "epoch": epoch,
-        "history": history,
+        "history": fit.history,
         "rng": C.rng_state(),
     }
 
 
-def _check_same_run(state, kind, mcfg_dict, cfg: TrainConfig, path) -> None:
+def _check_same_run(job: _Job, saved: dict) -> None:
     """Refuse to resume a checkpoint that belongs to a different run."""
     problems = []
-    if state.get("kind") != kind:
-        problems.append(f"it is a {state.get('kind')!r} run, not {kind!r}")
-    if state.get("model_config") != mcfg_dict:
-        old = state.get("model_config") or {}
-        diff = sorted(k for k in set(old) | set(mcfg_dict) if old.get(k) != mcfg_dict.get(k))
+    if saved.get("kind") != job.kind:
+        problems.append(f"it is a {saved.get('kind')!r} run, not {job.kind!r}")
+    if saved.get("model_config") != job.model_config:
+        old = saved.get("model_config") or {}
+        diff = sorted(k for k in set(old) | set(job.model_config) if old.get(k) != job.model_config.get(k))
         problems.append(f"model_config differs in {diff}")
-    old_t = state.get("train_config") or {}
-    new_t = cfg.to_dict()
+    old_t = saved.get("train_config") or {}
+    new_t = job.cfg.to_dict()
     diff_t = sorted(k for k in new_t if k not in TrainConfig.RESUME_FREE and old_t.get(k) != new_t[k])
     if diff_t:
         problems.append(f"train_config differs in {diff_t}")
     if problems:
-        raise ValueError(f"{path} belongs to another run ({'; '.join(problems)}). Use another out_dir, "
+        raise ValueError(f"{job.checkpoint} belongs to another run ({'; '.join(problems)}). Use another out_dir, "
                          "or resume=False to start over (the checkpoint will be overwritten).")
 
 
-def _history_doc(kind, mcfg_dict, cfg, history) -> dict:
-    return {"kind": kind, "model_config": mcfg_dict, "train_config": cfg.to_dict(), "epochs": history}
+def _history_doc(fit: _Fit) -> dict:
+    """The content of ``history.json``."""
+    job = fit.job
+    return {"kind": job.kind, "model_config": job.model_config, "train_config": job.cfg.to_dict(),
+            "epochs": fit.history}
 
 
-def _result(kind, history, cfg, out_dir) -> dict:
+def _result(fit: _Fit) -> dict:
+    """The result of a finished run (see :func:`train`)."""
+    history = fit.history
     last_val = next((h["val"] for h in reversed(history) if h.get("val")), None)
     return {
-        "kind": kind,
-        "epochs": cfg.epochs,
+        "kind": fit.job.kind,
+        "epochs": fit.job.cfg.epochs,
         "finished": True,
-        "out_dir": str(out_dir),
+        "out_dir": str(fit.job.out_dir),
         "train_time_s": float(sum(h["time_s"] for h in history)),
         "train_loss": dict(history[-1]["loss"]),
         "val": last_val,
     }
-
-
-def _flat_metrics(result) -> dict:
-    out = {"kind": result["kind"], "epochs": result["epochs"], "train_time_s": result["train_time_s"]}
-    out.update({f"train_loss_{k}": v for k, v in result["train_loss"].items()})
-    if result["val"]:
-        out.update({f"val_{k}": v for k, v in result["val"].items()})
-    return out
 
 
 def _log_epoch(kind, record, cfg) -> None:

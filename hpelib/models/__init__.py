@@ -7,19 +7,25 @@ model = build_model(ModelConfig(backbone="resnet18", init="random", pose_head="b
 losses = model.losses(images, poses, generator=g)  # dict of 0-d tensors, "total" included
 angles = model.predict(images)                     # FloatTensor[B, 3] (yaw, pitch, roll) degrees
 ```
+
+The parts are registered by name (:class:`hpelib.registry.Registry`):
+backbones in :data:`BACKBONES`, pose heads in :data:`POSE_HEADS`, SSL tasks
+in :data:`hpelib.ssl.TASKS`; a registered part is available to
+:class:`ModelConfig` and :func:`build_model` by its name.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from .backbones import BACKBONES, build_backbone, load_backbone_checkpoint
-from .config import ModelConfig
+from .config import BUILTIN_INITS, ModelConfig, is_checkpoint_init
 from .files import plain_state_dict, read_checkpoint
-from .heads import POSE_HEADS, build_pose_head, geodesic_loss
+from .heads import POSE_HEADS, PoseHead, build_pose_head, geodesic_loss
 from .hmtl import HMTLModel
 
 __all__ = ["ModelConfig", "build_model", "load_model", "read_checkpoint", "HMTLModel", "BACKBONES", "POSE_HEADS",
-           "build_backbone", "build_pose_head", "geodesic_loss", "load_backbone_checkpoint"]
+           "BUILTIN_INITS", "PoseHead", "build_backbone", "build_pose_head", "geodesic_loss", "is_checkpoint_init",
+           "load_backbone_checkpoint"]
 
 
 def build_model(config: ModelConfig | dict) -> HMTLModel:

@@ -1,6 +1,9 @@
 """ResNet backbones: image batch ``[B, 3, H, W]`` -> global-average-pooled feature ``[B, feat_dim]``.
 
-Names (:data:`BACKBONES`):
+Every backbone is a constructor registered by name in :data:`BACKBONES`
+(a :class:`hpelib.registry.Registry`): ``constructor(init, stem) -> nn.Module``
+with an attribute ``feat_dim``, called by :func:`build_backbone` after it has
+checked ``init`` and ``stem`` (:func:`check_backbone`). Names:
 
 * ``resnet50`` (the paper's backbone, feat_dim 2048),
 * ``resnet18`` (feat_dim 512),
@@ -22,13 +25,13 @@ Stem (``stem``, :data:`STEMS`):
   leaves 4x4 maps at the last stage instead of 1x1), at 16x the compute of the
   ImageNet stem for the same input size. ImageNet weights do not fit it.
 
-Initialisation (``init``):
+Initialisation (``init``; the built-in ones are :data:`BUILTIN_INITS`):
 
 * ``"random"``: torchvision's (Kaiming-normal convolutions, unit BN);
 * ``"imagenet"``: torchvision weights API, ``ResNet50_Weights.IMAGENET1K_V2``
   / ``ResNet18_Weights.IMAGENET1K_V1`` (downloaded once into the torch hub
   cache; offline this raises a ``RuntimeError`` saying where to put the file);
-  not available for ``resnet18-narrow``;
+  only for the backbones in :data:`IMAGENET_WEIGHTS` (not ``resnet18-narrow``);
 * a path to an hpelib checkpoint (``torch.save``d dict with ``model_config``
   and ``model``): its ``backbone.*`` weights are loaded (``module.`` and
   ``_orig_mod.`` prefixes of DDP / ``torch.compile`` are stripped).
@@ -44,13 +47,25 @@ from torch.hub import load_state_dict_from_url
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18, resnet50
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from hpelib.registry import Registry
+
 from .files import plain_state_dict, read_checkpoint
 
-__all__ = ["BACKBONES", "STEMS", "build_backbone", "NarrowResNet18", "load_backbone_checkpoint", "IMAGENET_WEIGHTS"]
+__all__ = ["BACKBONES", "BUILTIN_INITS", "STEMS", "build_backbone", "check_backbone", "is_checkpoint_init",
+           "NarrowResNet18", "load_backbone_checkpoint", "IMAGENET_WEIGHTS"]
 
+BACKBONES = Registry("backbone", supplied=("init", "stem"))
+"""The backbone constructors by name; add one with ``@BACKBONES.register(name)`` (see the module doc)."""
 IMAGENET_WEIGHTS = {"resnet50": ResNet50_Weights.IMAGENET1K_V2, "resnet18": ResNet18_Weights.IMAGENET1K_V1}
-BACKBONES = ("resnet50", "resnet18", "resnet18-narrow")
+"""The backbones that ``init="imagenet"`` is available for, and their torchvision weights."""
 STEMS = ("imagenet", "cifar")
+BUILTIN_INITS = ("random", "imagenet")
+"""The initialisations a backbone constructor handles; any other ``init`` is a checkpoint path."""
+
+
+def is_checkpoint_init(init) -> bool:
+    """Whether ``init`` names an hpelib checkpoint (to load after building) rather than a built-in init."""
+    return init not in BUILTIN_INITS
 
 
 def check_stem(stem: str, init: str) -> None:
@@ -105,28 +120,54 @@ def _imagenet_state_dict(name: str) -> dict:
         ) from err
 
 
-def build_backbone(name: str, init: str = "random", stem: str = "imagenet") -> nn.Module:
-    """A backbone with attribute ``feat_dim``; ``init`` is ``random``/``imagenet`` (checkpoints: see build_model)."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choices: {list(BACKBONES)}")
-    if init not in ("random", "imagenet"):
-        raise ValueError(f"build_backbone: init must be 'random' or 'imagenet', got {init!r}")
-    check_stem(stem, init)
-    if name == "resnet18-narrow":
-        if init == "imagenet":
-            raise ValueError("init='imagenet' is not available for backbone 'resnet18-narrow' (no pretrained "
-                             "weights exist for it); use init='random', a checkpoint path, or backbone 'resnet18'")
-        net = NarrowResNet18()
-    else:
-        net = {"resnet50": resnet50, "resnet18": resnet18}[name](weights=None)
-        if init == "imagenet":
-            net.load_state_dict(_imagenet_state_dict(name))
+def _resnet_backbone(name: str, net: ResNet, init: str, stem: str) -> ResNet:
+    """``net`` (a fresh ``ResNet``) as the backbone ``name``: ImageNet weights if asked, ``stem``, no ``fc``."""
+    if init == "imagenet":
+        net.load_state_dict(_imagenet_state_dict(name))
     if stem == "cifar":
         use_cifar_stem(net)
     feat_dim = net.fc.in_features
     net.fc = nn.Identity()
     net.feat_dim = feat_dim
     return net
+
+
+@BACKBONES.register("resnet50")
+def resnet50_backbone(init: str = "random", stem: str = "imagenet") -> ResNet:
+    """torchvision's ResNet-50, feat_dim 2048 (the paper's backbone)."""
+    return _resnet_backbone("resnet50", resnet50(weights=None), init, stem)
+
+
+@BACKBONES.register("resnet18")
+def resnet18_backbone(init: str = "random", stem: str = "imagenet") -> ResNet:
+    """torchvision's ResNet-18, feat_dim 512."""
+    return _resnet_backbone("resnet18", resnet18(weights=None), init, stem)
+
+
+@BACKBONES.register("resnet18-narrow")
+def narrow_resnet18_backbone(init: str = "random", stem: str = "imagenet") -> ResNet:
+    """:class:`NarrowResNet18`, feat_dim 256 (CPU runs and tests; random init only)."""
+    return _resnet_backbone("resnet18-narrow", NarrowResNet18(), init, stem)
+
+
+def check_backbone(name: str, init: str, stem: str) -> None:
+    """``ValueError`` for an unknown backbone or stem, or an ``init``/``stem`` the backbone cannot have.
+
+    ``init`` may be a checkpoint path here (it is checked when loaded).
+    """
+    BACKBONES.get(name)
+    check_stem(stem, init)
+    if init == "imagenet" and name not in IMAGENET_WEIGHTS:
+        raise ValueError(f"init='imagenet' is not available for backbone {name!r} (no pretrained weights exist "
+                         f"for it); use init='random', a checkpoint path, or a backbone of {list(IMAGENET_WEIGHTS)}")
+
+
+def build_backbone(name: str, init: str = "random", stem: str = "imagenet") -> nn.Module:
+    """A backbone with attribute ``feat_dim``; ``init`` is ``random``/``imagenet`` (checkpoints: see build_model)."""
+    if is_checkpoint_init(init):
+        raise ValueError(f"build_backbone: init must be one of {list(BUILTIN_INITS)}, got {init!r}")
+    check_backbone(name, init, stem)
+    return BACKBONES.build(name, init=init, stem=stem)
 
 
 def load_backbone_checkpoint(backbone: nn.Module, path, backbone_name: str, stem: str = "imagenet") -> None:

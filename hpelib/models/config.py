@@ -4,12 +4,13 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, fields
 
-from hpelib.ssl import TASKS, task_options
+from hpelib.registry import check_keys
+from hpelib.ssl import TASKS
 
-from .backbones import BACKBONES, check_stem
+from .backbones import BUILTIN_INITS, check_backbone, is_checkpoint_init
 from .heads import POSE_HEADS
 
-__all__ = ["ModelConfig"]
+__all__ = ["ModelConfig", "BUILTIN_INITS", "is_checkpoint_init"]
 
 _NONE_NAMES = (None, "none", "None", "null", "")
 
@@ -22,8 +23,9 @@ class ModelConfig:
     * ``stem``: ``imagenet`` (7x7 stride-2 conv + max-pool, the paper's) or
       ``cifar`` (3x3 stride-1 conv, no max-pool: for 32-64 px inputs), see
       :mod:`hpelib.models.backbones`;
-    * ``init``: ``random``, ``imagenet``, or the path of an hpelib checkpoint whose
-      backbone weights initialise this backbone (SSL pre-training -> fine-tuning);
+    * ``init``: ``random``, ``imagenet`` (:data:`BUILTIN_INITS`), or the path of an
+      hpelib checkpoint whose backbone weights initialise this backbone (SSL
+      pre-training -> fine-tuning; :func:`is_checkpoint_init`);
     * ``pose_head``: ``binned`` (Hopenet), ``regression``, ``6d`` (6DRepNet) or
       ``None`` (no pose head: SSL pre-training); ``pose_options`` are the head's
       keyword options (``binned``: ``alpha``, ``num_bins``, ``bin_width``, ``low``;
@@ -55,13 +57,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        if not isinstance(d, dict):
-            raise ValueError(f"a model config must be a dict, got {type(d).__name__}")
-        valid = [f.name for f in fields(cls)]
-        bad = sorted(set(d) - set(valid))
-        if bad:
-            raise ValueError(f"unknown model config key(s) {bad}; valid keys: {valid}")
-        return cls(**copy.deepcopy(d))
+        """Build from a plain dict; unknown keys raise ``ValueError`` listing the valid ones."""
+        check_keys(d, [f.name for f in fields(cls)], "model config")
+        return cls(**copy.deepcopy(dict(d)))
 
     def to_dict(self) -> dict:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
@@ -73,27 +71,18 @@ class ModelConfig:
         return {k: v for k, v in self.ssl_tasks[name].items() if k != "weight"}
 
     def validate(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choices: {list(BACKBONES)}")
-        check_stem(self.stem, self.init)
+        """``ValueError`` for unknown names or options, or settings that do not go together."""
         if not isinstance(self.init, str) or not self.init:
-            raise ValueError(f"init must be 'random', 'imagenet' or a checkpoint path, got {self.init!r}")
-        if self.init == "imagenet" and self.backbone == "resnet18-narrow":
-            raise ValueError("init='imagenet' is not available for backbone 'resnet18-narrow' (no pretrained "
-                             "weights exist for it); use init='random', a checkpoint path, or backbone 'resnet18'")
-        if self.pose_head is not None and self.pose_head not in POSE_HEADS:
-            raise ValueError(f"unknown pose_head {self.pose_head!r}; choices: {list(POSE_HEADS) + [None]}")
+            raise ValueError(f"init must be one of {list(BUILTIN_INITS)} or a checkpoint path, got {self.init!r}")
+        check_backbone(self.backbone, self.init, self.stem)
+        if self.pose_head is not None:
+            POSE_HEADS.check_options(self.pose_head, self.pose_options, where="pose_options")
         if self.pose_head is None and self.pose_options:
             raise ValueError(f"pose_options {self.pose_options} given but pose_head is None")
         if not float(self.pose_weight) >= 0:
             raise ValueError(f"pose_weight must be >= 0, got {self.pose_weight!r}")
         for name, opts in self.ssl_tasks.items():
-            if name not in TASKS:
-                raise ValueError(f"unknown SSL task {name!r} in ssl_tasks; choices: {sorted(TASKS)}")
-            valid = ["weight"] + task_options(name)
-            bad = sorted(set(opts) - set(valid))
-            if bad:
-                raise ValueError(f"unknown option(s) {bad} for SSL task {name!r}; valid options: {valid}")
+            TASKS.check_options(name, opts, where="ssl_tasks", extra=["weight"])
             if not float(opts.get("weight", 1.0)) >= 0:
                 raise ValueError(f"ssl_tasks.{name}.weight must be >= 0, got {opts.get('weight')!r}")
         if self.pose_head is None and not self.ssl_tasks:

@@ -1,8 +1,9 @@
 """Pose heads and their losses: feature ``[B, feat_dim]`` -> output -> (loss against labels, angles).
 
-Each head has ``forward(features) -> output``, ``loss(output, poses) -> 0-d
-tensor`` (``poses`` ``[B, 3]`` yaw, pitch, roll degrees, all finite) and
-``predict(output) -> [B, 3]`` degrees.
+Every head is a :class:`PoseHead` (the interface the HMTL model uses),
+registered by name in :data:`POSE_HEADS` and built by
+``build_pose_head(name, feat_dim, **options)``; its options are its
+constructor's keyword parameters after ``feat_dim``.
 
 ``binned`` (Hopenet, Ruiz et al. 2018)
     Three linear classifiers (yaw, pitch, roll) over 66 bins of 3 degrees
@@ -38,14 +39,55 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpelib.angles import euler_to_matrix, matrix_to_euler, sixd_to_matrix
+from hpelib.registry import Registry
 
-__all__ = ["POSE_HEADS", "BinnedHead", "RegressionHead", "SixDHead", "build_pose_head", "geodesic_loss"]
+__all__ = ["POSE_HEADS", "PoseHead", "BinnedHead", "RegressionHead", "SixDHead", "build_pose_head",
+           "geodesic_loss"]
+
+POSE_HEADS = Registry("pose head", supplied=("feat_dim",))
+"""The pose heads by name; add one with ``@POSE_HEADS.register(name)`` on a :class:`PoseHead` subclass."""
 
 
-class BinnedHead(nn.Module):
+class PoseHead(nn.Module):
+    """Base class of the pose heads: backbone features -> head output -> (loss, angles).
+
+    What :class:`hpelib.models.HMTLModel` calls:
+
+    * ``__init__(feat_dim, **options)``: ``feat_dim`` is supplied by the model
+      (the backbone's feature size); the other keyword parameters are the
+      head's ``pose_options``;
+    * ``forward(features) -> output``: ``features`` ``[B, feat_dim]``; the
+      output may be any tensor (logits, angles, matrices ...);
+    * ``loss(output, poses) -> 0-d tensor``: ``poses`` ``[B, 3]`` float32 (yaw,
+      pitch, roll) degrees, all finite (unlabelled samples never reach it);
+    * ``predict(output) -> [B, 3]``: (yaw, pitch, roll) degrees, differentiable.
+
+    A head must own at least one parameter: a batch without labels gives a
+    zero pose loss built from the head's parameters, which keeps them in the
+    graph (DDP).
+    """
+
+    def __init__(self, feat_dim: int):
+        super().__init__()
+        if int(feat_dim) <= 0:
+            raise ValueError(f"feat_dim must be a positive integer, got {feat_dim!r}")
+        self.feat_dim = int(feat_dim)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, output: torch.Tensor, poses: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, output: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@POSE_HEADS.register("binned")
+class BinnedHead(PoseHead):
     def __init__(self, feat_dim: int, alpha: float = 1.0, num_bins: int = 66, bin_width: float = 3.0,
                  low: float = -99.0):
-        super().__init__()
+        super().__init__(feat_dim)
         if float(alpha) < 0:
             raise ValueError(f"binned head: alpha must be >= 0, got {alpha!r}")
         self.alpha, self.num_bins, self.bin_width, self.low = float(alpha), int(num_bins), float(bin_width), float(low)
@@ -76,11 +118,12 @@ class BinnedHead(nn.Module):
         return self.expected(logits)
 
 
-class RegressionHead(nn.Module):
+@POSE_HEADS.register("regression")
+class RegressionHead(PoseHead):
     LOSSES = ("l1", "mse")
 
     def __init__(self, feat_dim: int, loss: str = "l1", scale: float = 10.0):
-        super().__init__()
+        super().__init__(feat_dim)
         if loss not in self.LOSSES:
             raise ValueError(f"regression head: loss must be one of {self.LOSSES}, got {loss!r}")
         self.loss_name, self.scale = loss, float(scale)
@@ -106,9 +149,10 @@ def geodesic_loss(r_pred: torch.Tensor, r_true: torch.Tensor, eps: float = 1e-7)
     return torch.acos(cos).mean()
 
 
-class SixDHead(nn.Module):
+@POSE_HEADS.register("6d")
+class SixDHead(PoseHead):
     def __init__(self, feat_dim: int):
-        super().__init__()
+        super().__init__(feat_dim)
         self.fc = nn.Linear(feat_dim, 6)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -122,16 +166,6 @@ class SixDHead(nn.Module):
         return matrix_to_euler(matrices)
 
 
-POSE_HEADS = {"binned": BinnedHead, "regression": RegressionHead, "6d": SixDHead}
-
-
-def build_pose_head(name: str, feat_dim: int, **options) -> nn.Module:
-    if name not in POSE_HEADS:
-        raise ValueError(f"unknown pose_head {name!r}; choices: {list(POSE_HEADS) + [None]}")
-    import inspect
-
-    valid = [p for p in inspect.signature(POSE_HEADS[name].__init__).parameters if p not in ("self", "feat_dim")]
-    bad = sorted(set(options) - set(valid))
-    if bad:
-        raise ValueError(f"unknown pose_options {bad} for pose_head {name!r}; valid options: {valid}")
-    return POSE_HEADS[name](feat_dim, **options)
+def build_pose_head(name: str, feat_dim: int, **options) -> PoseHead:
+    """Build the pose head ``name`` for features of size ``feat_dim`` (``ValueError`` for unknown names/options)."""
+    return POSE_HEADS.build(name, feat_dim, **options)

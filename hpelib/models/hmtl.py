@@ -32,7 +32,7 @@ from torch import nn
 from hpelib.ssl import build_task
 from hpelib.ssl.base import match_memory_format
 
-from .backbones import build_backbone, load_backbone_checkpoint
+from .backbones import build_backbone, is_checkpoint_init, load_backbone_checkpoint
 from .config import ModelConfig
 from .heads import build_pose_head
 
@@ -43,9 +43,9 @@ class HMTLModel(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        builtin = config.init in ("random", "imagenet")
-        self.backbone = build_backbone(config.backbone, config.init if builtin else "random", config.stem)
-        if not builtin:
+        from_checkpoint = is_checkpoint_init(config.init)
+        self.backbone = build_backbone(config.backbone, "random" if from_checkpoint else config.init, config.stem)
+        if from_checkpoint:
             load_backbone_checkpoint(self.backbone, config.init, config.backbone, config.stem)
         self.feat_dim = self.backbone.feat_dim
         self.pose_head = (build_pose_head(config.pose_head, self.feat_dim, **config.pose_options)

@@ -26,7 +26,13 @@ __all__ = ["SSLTask", "make_head", "rand", "randperm_rows", "check_images"]
 
 
 class SSLTask(nn.Module):
-    """Base class: subclasses set ``name`` and implement ``make_views`` and ``loss``."""
+    """Base class: subclasses set ``name`` and implement ``make_views`` and ``loss``.
+
+    The constructor takes ``feat_dim`` first (supplied by the model); its
+    other keyword parameters are the task's options. A subclass becomes
+    available to ``build_task`` and ``ModelConfig.ssl_tasks`` once
+    registered: ``@hpelib.ssl.TASKS.register(name)``.
+    """
 
     name: str = "ssl"
 

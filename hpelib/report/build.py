@@ -1,0 +1,69 @@
+"""``build_report``: every table and figure of a study, written into one folder."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+from ..io import atomic_write, write_text
+from ..runs import CONFIG, METRICS
+from .checks import UNLEARNED_RATIO, study_warnings, warnings_markdown
+from .collect import collect, collect_predictions, write_results_table
+from .figures import (budget_series, plot_error_by_method, plot_error_vs_angle, plot_label_efficiency,
+                      plot_pretrain_budget, save_figure)
+from .stats import paired_tests, paired_tests_markdown
+from .tables import error_table, to_latex, to_markdown
+
+
+def _first(lines: list[str], k: int = 3) -> str:
+    """The first ``k`` lines joined, and how many more ``warnings.md`` lists."""
+    more = f"; ... and {len(lines) - k} more" if len(lines) > k else ""
+    return "; ".join(lines[:k]) + more
+
+
+def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, baseline: str = "baseline",
+                 baseline_init: str | None = None, angles: Sequence[str] = ("yaw", "pitch")) -> dict[str, Path]:
+    """Write every table and figure of a study into ``out_dir``; returns ``{name: path}``.
+
+    Files: ``results.csv``, ``warnings.md`` (always: the :func:`study_warnings`,
+    "none" when clean), ``error_table.md``, ``error_table.tex``,
+    ``paired_tests.csv``, ``paired_tests.md``, ``error_by_method.png/.pdf``,
+    ``label_efficiency.png/.pdf``, ``pretrain_budget.png/.pdf`` when a
+    pre-training method was run with several budgets and, when runs saved
+    predictions, ``error_vs_<angle>.png/.pdf``. Unlearned runs and error-table rows that mix
+    training settings also raise a ``UserWarning`` each. Raises ``ValueError``
+    when ``results_dir`` holds no complete run.
+    """
+    out = Path(out_dir)
+    df = collect(results_dir)
+    if df.empty:
+        raise ValueError(f"no complete runs ({CONFIG} + {METRICS}) under {results_dir}")
+    paths: dict[str, Path] = {"results_csv": write_results_table(df, out / "results.csv")}
+    notes = study_warnings(df)
+    paths["warnings_md"] = write_text(out / "warnings.md", warnings_markdown(notes))
+    if notes["unlearned"]:
+        warnings.warn(f"{len(notes['unlearned'])} result row(s) not clearly below the constant predictor "
+                      f"(error >= {UNLEARNED_RATIO:g} x its error; marked † in the error tables, listed in "
+                      f"{paths['warnings_md']}): " + _first(notes["unlearned"]), UserWarning, stacklevel=2)
+    if notes["mixed_settings"]:
+        warnings.warn(f"{len(notes['mixed_settings'])} error-table row(s) average runs with different training "
+                      f"settings (marked ‡, listed in {paths['warnings_md']}): " + _first(notes["mixed_settings"]),
+                      UserWarning, stacklevel=2)
+    table = error_table(df, baseline=baseline, baseline_init=baseline_init)
+    paths["error_table_md"] = write_text(out / "error_table.md", to_markdown(table))
+    paths["error_table_tex"] = write_text(out / "error_table.tex", to_latex(table))
+    tests = paired_tests(df, baseline=baseline, baseline_init=baseline_init)
+    paths["paired_tests_csv"] = atomic_write(out / "paired_tests.csv", lambda tmp: tests.to_csv(tmp, index=False))
+    paths["paired_tests_md"] = write_text(out / "paired_tests.md", paired_tests_markdown(tests))
+    figures = [("error_by_method", lambda: plot_error_by_method(df)),
+               ("label_efficiency", lambda: plot_label_efficiency(df))]
+    if budget_series(df):
+        figures.append(("pretrain_budget", lambda: plot_pretrain_budget(df)))
+    preds = collect_predictions(results_dir)
+    if not preds.empty:
+        figures += [(f"error_vs_{a}", lambda a=a: plot_error_vs_angle(preds, angle=a)) for a in angles]
+    for name, make in figures:
+        png, pdf = save_figure(make(), out / name)
+        paths[f"{name}_png"], paths[f"{name}_pdf"] = png, pdf
+    return paths

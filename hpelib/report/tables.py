@@ -1,0 +1,205 @@
+"""The paper's error table: baseline lookup, relative change, and its Markdown and LaTeX forms."""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .checks import UNLEARNED_RATIO, unlearned_mask
+from .columns import ROW_KEYS, SETTING_KEYS, fmt_key, key_frame, require_columns, signed, sort_rows, unkey
+
+
+# --------------------------------------------------------------------------- baseline lookup
+def _choose_baseline_init(row_init: str, available: Sequence[str], baseline_init: str | None):
+    if baseline_init is not None:
+        return baseline_init if baseline_init in available else None
+    if row_init in available:
+        return row_init
+    if len(available) == 1:
+        return available[0]
+    if "random" in available:
+        return "random"
+    return None
+
+
+def attach_baseline_init(rows: pd.DataFrame, base: pd.DataFrame, baseline_init: str | None) -> pd.Series:
+    """The init of the baseline each row (of a :func:`~hpelib.report.columns.key_frame`) is compared with.
+
+    Within the row's setting: ``baseline_init`` if given, the row's own init,
+    the only baseline init, else ``random``; None when there is none.
+    """
+    avail = base.groupby(list(SETTING_KEYS))["init"].agg(lambda s: sorted(set(s))).to_dict()
+    out = []
+    for _, r in rows.iterrows():
+        inits = avail.get(tuple(r[k] for k in SETTING_KEYS), [])
+        out.append(_choose_baseline_init(r["init"], inits, baseline_init))
+    return pd.Series(out, index=rows.index, dtype=object)
+
+
+# --------------------------------------------------------------------------- error table
+def error_table(df: pd.DataFrame, baseline: str = "baseline", baseline_init: str | None = None) -> pd.DataFrame:
+    """The paper's error table: one row per setting x (scenario, method, init).
+
+    Key columns: test_set, backbone, label_fraction, scenario, method, init.
+    Numbers: ``n_seeds``; ``<m>_mean`` / ``<m>_std`` for yaw, pitch, roll, mae,
+    geodesic (std over seeds, ``ddof=1``, NaN with one seed); ``delta_pct`` =
+    100 * (MAE mean - baseline MAE mean) / baseline MAE mean (negative =
+    better); ``baseline_init``. Display strings: ``Yaw``, ``Pitch``, ``Roll``,
+    ``MAE`` ("mean ± std", or "mean" with one seed) and ``Δ vs baseline (%)``
+    ("—" for the baseline rows and where no baseline exists). Checks:
+    ``unlearned`` (some run of the row is not clearly below the constant
+    predictor, see :data:`UNLEARNED_RATIO`), ``mixed_settings`` (its runs have
+    different ``settings`` fingerprints) and ``flag`` ("†", "‡", "†‡" or ""),
+    the mark :func:`to_markdown` and :func:`to_latex` put after the MAE.
+    """
+    require_columns(df, "error_table")
+    if df.empty:
+        raise ValueError("error_table: the results table is empty (no complete runs)")
+    k = key_frame(df).assign(_unlearned=unlearned_mask(df))
+    metrics = [m for m in ("yaw", "pitch", "roll", "mae", "geodesic") if m in k]
+    g = k.groupby(list(ROW_KEYS), sort=False)
+    agg = g[metrics].agg(["mean", "std"])
+    agg.columns = [f"{m}_{s}" for m, s in agg.columns]
+    agg.insert(0, "n_seeds", g.size())
+    agg["unlearned"] = g["_unlearned"].any()
+    agg["mixed_settings"] = g["settings"].nunique() > 1 if "settings" in k else False
+    agg["flag"] = [("†" if u else "") + ("‡" if m else "") for u, m in zip(agg["unlearned"], agg["mixed_settings"])]
+    agg = agg.reset_index()
+
+    base = agg[agg["scenario"] == baseline]
+    if base.empty:
+        warnings.warn(f"no '{baseline}' runs: the Δ vs baseline column is left empty", UserWarning, stacklevel=2)
+        agg["baseline_init"] = None
+        agg["delta_pct"] = np.nan
+    else:
+        agg["baseline_init"] = attach_baseline_init(agg, base, baseline_init)
+        ref = base[list(SETTING_KEYS) + ["init", "mae_mean"]].rename(
+            columns={"init": "baseline_init", "mae_mean": "_base_mae"})
+        agg = agg.merge(ref, on=list(SETTING_KEYS) + ["baseline_init"], how="left")
+        agg["delta_pct"] = 100.0 * (agg["mae_mean"] - agg["_base_mae"]) / agg["_base_mae"]
+        agg = agg.drop(columns="_base_mae")
+    agg.loc[agg["scenario"] == baseline, "delta_pct"] = np.nan
+
+    for m, col in zip(("yaw", "pitch", "roll", "mae"), ("Yaw", "Pitch", "Roll", "MAE")):
+        agg[col] = [_pm(a, b) for a, b in zip(agg[f"{m}_mean"], agg[f"{m}_std"])]
+    agg["Δ vs baseline (%)"] = [signed(v) for v in agg["delta_pct"]]
+    return sort_rows(unkey(agg)).reset_index(drop=True)
+
+
+def _pm(mean: float, std: float, digits: int = 2, pm: str = "±") -> str:
+    if mean is None or not np.isfinite(mean):
+        return "—"
+    if std is None or not np.isfinite(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} {pm} {std:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- Markdown and LaTeX
+_DISPLAY_KEYS = (("test_set", "Test set"), ("backbone", "Backbone"), ("label_fraction", "Labels"),
+                 ("scenario", "Scenario"), ("method", "Method"), ("init", "Init"))
+_DISPLAY_VALUES = ("Yaw", "Pitch", "Roll", "MAE", "Δ vs baseline (%)")
+
+
+def _layout(table: pd.DataFrame, pm: str):
+    """Header, body rows (list of lists of str), constant settings, best-MAE flags and marks."""
+    if "MAE" not in table or "mae_mean" not in table:
+        raise ValueError("to_markdown/to_latex expect the output of hpelib.report.error_table()")
+    shown, constant = [], []
+    for key, title in _DISPLAY_KEYS:
+        values = table[key].astype(object).where(table[key].notna(), "—")
+        if key in ("scenario", "method") or values.nunique() > 1:
+            shown.append((key, title))
+        else:
+            constant.append(f"{title.lower()}: {fmt_key(values.iloc[0])}")
+    header = [t for _, t in shown] + ["n"] + list(_DISPLAY_VALUES)
+    # best (lowest mean MAE) per setting
+    best = key_frame(table).groupby(list(SETTING_KEYS))["mae_mean"].transform("min")
+    is_best = np.isclose(table["mae_mean"].to_numpy(float), best.to_numpy(float))
+    body = []
+    for _, r in table.iterrows():
+        cells = [fmt_key(r[key]) for key, _ in shown] + [str(int(r["n_seeds"]))]
+        for m in ("yaw", "pitch", "roll", "mae"):
+            cells.append(_pm(r[f"{m}_mean"], r[f"{m}_std"], pm=pm))
+        cells.append(signed(r["delta_pct"]))
+        body.append(cells)
+    marks = list(table["flag"]) if "flag" in table else [""] * len(table)
+    return header, body, constant, is_best, marks
+
+
+def _mark_notes(marks: Sequence[str]) -> list[str]:
+    """Caption sentences for the marks used in a table."""
+    notes = []
+    if any("†" in m for m in marks):
+        notes.append(f"†: a run of this row is not clearly below the constant predictor (always the mean "
+                     f"training pose): its yaw, pitch, roll or mean error is ≥ {UNLEARNED_RATIO:g} × the "
+                     f"constant predictor's (warnings.md lists them).")
+    if any("‡" in m for m in marks):
+        notes.append("‡: the runs of this row used different training settings (warnings.md lists the keys).")
+    return notes
+
+
+def to_markdown(table: pd.DataFrame, bold_best: bool = True) -> str:
+    """GitHub Markdown of an :func:`error_table` (errors in degrees).
+
+    Key columns that hold one value for the whole table (e.g. the backbone)
+    move into a caption line. With ``bold_best`` the lowest mean MAE of each
+    setting (test set, backbone, label fraction) is bold.
+    """
+    header, body, constant, is_best, marks = _layout(table, "±")
+    mae_col = header.index("MAE")
+    caption = "Mean absolute error in degrees (mean ± std over seeds); Δ: relative change of MAE vs baseline."
+    if constant:
+        caption += " " + "; ".join(constant) + "."
+    lines = [caption, *_mark_notes(marks), ""]
+    lines.append("| " + " | ".join(header) + " |")
+    align = ["---" if i < len(header) - 6 else "---:" for i in range(len(header))]
+    lines.append("| " + " | ".join(align) + " |")
+    for cells, best, mark in zip(body, is_best, marks):
+        cells = list(cells)
+        if bold_best and best:
+            cells[mae_col] = f"**{cells[mae_col]}**"
+        if mark:
+            cells[mae_col] += f" {mark}"
+        lines.append(markdown_row(cells))
+    return "\n".join(lines) + "\n"
+
+
+def markdown_row(cells: Sequence[str]) -> str:
+    """``| a | b |`` with the cells' own ``|`` escaped."""
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+_LATEX_SYMBOLS = {"≥": r"$\geq$", "×": r"$\times$", "†": r"$^\dagger$", "‡": r"$^\ddagger$", "—": "--"}
+
+
+def _tex(s: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, _LATEX_SYMBOLS.get(ch, ch)) for ch in s)
+
+
+def to_latex(table: pd.DataFrame, bold_best: bool = True, label: str = "tab:hpe-errors") -> str:
+    """A LaTeX ``table`` (booktabs) of an :func:`error_table`; needs ``\\usepackage{booktabs}``."""
+    header, body, constant, is_best, marks = _layout(table, "PM")
+    mae_col = header.index("MAE")
+    n_keys = len(header) - 6
+    head = [_tex(h) for h in header]
+    head[-1] = r"$\Delta$ vs baseline (\%)"
+    caption = ("Mean absolute error in degrees (mean $\\pm$ std over seeds); $\\Delta$: relative change "
+               "of MAE against the baseline (negative is better).")
+    if constant:
+        caption += " " + _tex("; ".join(constant)) + "."
+    caption = " ".join([caption] + [_tex(n) for n in _mark_notes(marks)])
+    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
+           r"\begin{tabular}{" + "l" * n_keys + "r" * 6 + "}", r"\toprule", " & ".join(head) + r" \\",
+           r"\midrule"]
+    for cells, best, mark in zip(body, is_best, marks):
+        cells = [_tex(c).replace(" PM ", r" $\pm$ ") for c in cells]
+        if bold_best and best:
+            cells[mae_col] = rf"\textbf{{{cells[mae_col]}}}"
+        cells[mae_col] += _tex(mark)
+        out.append(" & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,143 @@
+"""Executing one run: the state of its folder, and its notebook in a child process.
+
+A run folder holds, besides what the notebook writes (:mod:`hpelib.runs`),
+``study_run.json``: the parameters the runner gave it, their fingerprint, and
+whether the notebook ran to its end. A run is *complete* when the notebook
+finished, ``metrics.json`` exists and the fingerprint is unchanged. A run whose
+parameters changed (or whose pre-training changed) is started afresh in an
+emptied folder; an incomplete run with unchanged parameters keeps its folder
+so that the engine resumes from its checkpoint.
+
+Each notebook runs in its own child process (:mod:`.notebook_process`) with
+the kernel's environment (``PYTHONPATH``, one GPU in ``CUDA_VISIBLE_DEVICES``,
+``OMP_NUM_THREADS``) and its stderr in the run's ``kernel.log``: the runner's
+own environment and file descriptors are never changed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ..io import read_json, write_json
+from ..runs import FAILED, KERNEL_LOG, METRICS, STUDY_RUN
+from . import notebook_process
+from .plan import Run
+from .schema import REPO_ROOT
+
+__all__ = ["is_complete", "prepare_folder", "write_meta", "Execution", "kernel_env", "gpu_ids"]
+
+_REQUEST = ".execution_request.json"
+_RESULT = ".execution_result.json"
+
+
+def _meta(folder: Path) -> dict | None:
+    try:
+        return read_json(folder / STUDY_RUN)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(run: Run, out) -> bool:
+    """The notebook ran to its end, ``metrics.json`` is there, and the fingerprint equals the run's."""
+    d = run.folder(out)
+    meta = _meta(d) if (d / METRICS).is_file() else None
+    return bool(meta) and meta.get("fingerprint") == run.fingerprint and meta.get("complete") is True
+
+
+def prepare_folder(run: Run, out, force: bool = False) -> Path:
+    """The run's folder, emptied when ``force`` or when its parameters changed; marked incomplete."""
+    d = run.folder(out)
+    if force and d.is_dir():
+        shutil.rmtree(d)  # --force: start over, never return a stored result or resume a checkpoint
+    elif (d / STUDY_RUN).is_file() and (_meta(d) or {}).get("fingerprint") != run.fingerprint:
+        shutil.rmtree(d)  # parameters changed: never resume from a stale checkpoint
+    d.mkdir(parents=True, exist_ok=True)
+    for stale in (FAILED, METRICS):
+        (d / stale).unlink(missing_ok=True)
+    write_meta(run, out, complete=False)
+    return d
+
+
+def write_meta(run: Run, out, complete: bool, seconds: float | None = None) -> None:
+    write_json(run.folder(out) / STUDY_RUN,
+               {"run_id": run.run_id, "kind": run.kind, "notebook": str(run.notebook), "complete": complete,
+                "seconds": seconds, "fingerprint": run.fingerprint, "deps": run.deps, "params": run.params})
+
+
+def gpu_ids(spec: str | None) -> list[str]:
+    """GPUs to share among jobs: ``spec`` ("0,1"), else ``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi -L``."""
+    if spec:
+        return [g.strip() for g in spec.split(",") if g.strip()]
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return [g for g in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    exe = shutil.which("nvidia-smi")  # not torch: slow to import, and CUDA must not start in the runner
+    if not exe:
+        return []
+    try:
+        listing = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, _ in enumerate(l for l in listing.splitlines() if l.startswith("GPU "))]
+
+
+def kernel_env(jobs: int, gpu: str | None) -> dict[str, str]:
+    """Environment variables a run's kernel gets on top of the runner's."""
+    env = {}
+    pp = os.environ.get("PYTHONPATH", "")
+    if str(REPO_ROOT) not in pp.split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + ([pp] if pp else []))
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    elif jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    return env
+
+
+class Execution:
+    """A run's notebook executing in a child process; :meth:`poll` gives its outcome once it ended."""
+
+    def __init__(self, run: Run, folder: Path, env: dict[str, str], timeout_s: float | None = None):
+        self.run, self.folder = run, Path(folder)
+        request = {"notebook": str(run.notebook), "output": str(self.folder / run.notebook.name),
+                   "parameters": dict(run.params, out_dir=str(self.folder)), "cwd": str(self.folder),
+                   "timeout_s": timeout_s, "result": str(self.folder / _RESULT)}
+        (self.folder / _RESULT).unlink(missing_ok=True)
+        write_json(self.folder / _REQUEST, request)
+        with open(self.folder / KERNEL_LOG, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, notebook_process.__file__, str(self.folder / _REQUEST)],
+                env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.folder)
+
+    def poll(self) -> dict | None:
+        """``None`` while running, then ``{"ok", "seconds", "error"}``."""
+        code = self.process.poll()
+        if code is None:
+            return None
+        try:
+            result = read_json(self.folder / _RESULT)
+        except (OSError, json.JSONDecodeError):
+            result = {"ok": False, "seconds": 0.0, "error": _error(
+                "ProcessDied", f"the notebook process exited with status {code} without a result "
+                               f"(killed? see {self.folder / KERNEL_LOG})")}
+        for name in (_REQUEST, _RESULT):
+            (self.folder / name).unlink(missing_ok=True)
+        if result["ok"] and not (self.folder / METRICS).is_file():
+            result = dict(result, ok=False, error=_error(
+                "MissingMetrics", f"the notebook finished but wrote no {METRICS} in {self.folder}"))
+        return result
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _error(ename: str, evalue: str) -> dict:
+    return {"cell_index": None, "exec_count": None, "ename": ename, "evalue": evalue, "cell": None}

@@ -1,0 +1,155 @@
+"""Planning: a loaded study -> the list of runs (:class:`Run`), each with its :class:`~hpelib.spec.RunSpec`.
+
+Settings are merged from the general to the particular: the study's
+``model`` < the scenario's < the variant's, and the study's ``train`` < the
+label fraction's < the scenario's < the variant's. What is not set anywhere
+takes the default of :class:`~hpelib.models.ModelConfig` /
+:class:`~hpelib.engine.TrainConfig` / :class:`~hpelib.spec.RunSpec`.
+
+Pre-training runs are keyed by their whole spec: all fine-tunes that
+pre-train with the same method, seed and backbone share one checkpoint.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..models.backbones import is_checkpoint_init
+from ..runs import RunFolder, pretrain_run_id, run_id
+from ..spec import RunSpec
+from .schema import StudyError, abs_path
+
+__all__ = ["Run", "expand", "select", "BACKBONE_KEYS"]
+
+#: model settings that shape the backbone of an SSL pre-training run (the rest concern the pose head)
+BACKBONE_KEYS = ("backbone", "stem")
+
+
+@dataclass
+class Run:
+    """One notebook execution: ``run_id`` is also its folder under the output folder."""
+
+    run_id: str
+    spec: RunSpec
+    notebook: Path
+    deps: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+    group: str | None = None  # k-fold: the run id of the pooled result this fold belongs to
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def params(self) -> dict:
+        """The papermill parameters of the notebook (besides ``out_dir``)."""
+        return {"spec": self.spec.to_dict()}
+
+    def folder(self, out) -> Path:
+        return Path(out) / self.run_id
+
+
+def _fp(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _spec(d: dict, study: dict, what: str) -> RunSpec:
+    """A RunSpec from its dict form; a setting the engine rejects becomes a StudyError naming the run."""
+    if "image_size" in study:
+        d = {**d, "image_size": study["image_size"]}
+    try:
+        return RunSpec.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise StudyError(f"{study['_file']}: {what}: {e}") from e
+
+
+def _init(model: dict) -> str:
+    init = model.get("init", "random")
+    return abs_path(init) if is_checkpoint_init(init) else init
+
+
+def expand(study: dict, out) -> list[Run]:
+    """Expand a loaded study into runs, in execution order (pre-training before its fine-tunes)."""
+    out = Path(out).resolve()
+    nb_dir = Path(study["notebooks"])
+    pre_runs: dict[str, Run] = {}
+    train_runs: list[Run] = []
+    kfold = study.get("kfold")
+    for scenario, sc in study["scenarios"].items():
+        for v in sc["variants"]:
+            model = {**study["model"], **sc["model"], **v["model"]}
+            for fr in sc["label_fractions"]:
+                tcfg = {**study["train"], **fr["train"], **sc["train"], **v["train"]}
+                for seed in fr["seeds"]:
+                    deps, init = [], _init(model)
+                    if v["pretrain"]:
+                        pre_seed = seed if study.get("pretrain_seed") is None else study["pretrain_seed"]
+                        pre = _pretrain_run(study, v["pretrain"], v["pretrain_train"], pre_seed, model, nb_dir,
+                                            pre_runs)
+                        deps, init = [pre.run_id], str(RunFolder(pre.folder(out)).model)
+                    ssl_tasks = {a: {**study["methods"][a], **({} if w is None else {"weight": float(w)})}
+                                 for a, w in v["aux"].items()}
+                    for task in ssl_tasks.values():
+                        task.setdefault("weight", 1.0)
+                    for fold in range(kfold["k"]) if kfold else [None]:
+                        rid = run_id(scenario, v["method"], fr["fraction"], seed, fold)
+                        spec = _spec({
+                            "kind": "train",
+                            "model": {**model, "init": init, "ssl_tasks": ssl_tasks},
+                            "train": {"progress": False, **tcfg, "seed": seed},
+                            "train_data": study["data"]["train"], "test_data": study["data"]["test"],
+                            "label_fraction": fr["fraction"],
+                            "kfold": {"k": kfold["k"], "fold": fold, "seed": kfold["seed"]} if kfold else None,
+                            "labels": {"run": rid, "scenario": scenario, "method": v["method"],
+                                       "pretrain_method": v["pretrain"], "aux_methods": sorted(v["aux"])},
+                        }, study, rid)
+                        if any(r.run_id == rid for r in train_runs):
+                            raise StudyError(f"{study['_file']}: two runs are both called {rid!r}")
+                        group = None if fold is None else run_id(scenario, v["method"], fr["fraction"], seed)
+                        train_runs.append(Run(rid, spec, nb_dir / "train.ipynb", deps, group=group))
+    # longest pre-training first: it is the critical path of a study with a pre-training-budget axis
+    runs = sorted(pre_runs.values(), key=lambda r: -r.spec.train.epochs) + train_runs
+    fingerprints = {}  # a run's own spec + the fingerprints of what it depends on
+    for r in runs:
+        r.fingerprint = _fp({"notebook": r.notebook.name, "spec": r.spec.to_dict(),
+                             "deps": [fingerprints[d] for d in r.deps]})
+        fingerprints[r.run_id] = r.fingerprint
+    return runs
+
+
+def _pretrain_run(study, method, settings, seed, model, nb_dir, pre_runs) -> Run:
+    """The pre-training run of ``method`` (training settings: the study's ``pretrain`` < the variant's ``settings``)."""
+    options = {k: v for k, v in study["methods"][method].items() if k != "weight"}  # one task: weight irrelevant
+    d = {"kind": "pretrain",
+         "model": {**{k: model[k] for k in BACKBONE_KEYS if k in model}, "init": _init(model), "pose_head": None,
+                   "ssl_tasks": {method: {"weight": 1.0, **options}}},
+         "train": {"progress": False, **study["pretrain"], **settings, "seed": seed},
+         "train_data": study["data"]["pretrain"]}
+    rid = pretrain_run_id(method, seed, settings.get("epochs"))
+    spec = _spec(d, study, rid)
+    key = _fp(spec.to_dict())
+    if key in pre_runs:
+        return pre_runs[key]
+    if any(r.run_id == rid for r in pre_runs.values()):
+        rid += f"_{key[:6]}"  # same method/seed but another backbone/init
+    spec.labels.run = rid
+    pre_runs[key] = Run(rid, spec, nb_dir / "pretrain.ipynb")
+    return pre_runs[key]
+
+
+def select(runs: list[Run], patterns: list[str] | None) -> list[Run]:
+    """Runs whose id matches one of the glob ``patterns`` (``*`` spans ``/``), plus what they depend on."""
+    if not patterns:
+        return runs
+    wanted = {r.run_id for r in runs if any(fnmatch.fnmatch(r.run_id, p) or p in r.run_id for p in patterns)}
+    by_id = {r.run_id: r for r in runs}
+    stack = list(wanted)
+    while stack:
+        for d in by_id[stack.pop()].deps:
+            if d not in wanted:
+                wanted.add(d)
+                stack.append(d)
+    return [r for r in runs if r.run_id in wanted]

@@ -1,0 +1,164 @@
+"""``run_study``: load, plan, execute (or continue) a study, pool k-fold settings, summarise, report."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..io import write_json, write_text
+from ..runs import FAILED, METRICS
+from .execute import Execution, gpu_ids, is_complete, kernel_env, prepare_folder, write_meta
+from .plan import expand, select
+from .pool import pool_folds
+from .scheduler import DONE, Scheduler
+from .schema import REPO_ROOT, StudyError, load_study
+
+__all__ = ["run_study", "main"]
+
+
+def _where(err: dict) -> str:
+    if err.get("cell_index") is None:
+        return "notebook"
+    ec = f" In [{err['exec_count']}]" if err.get("exec_count") else ""
+    return f"cell {err['cell_index']}{ec}"
+
+
+def _failure_line(rid: str, err: dict, limit: int) -> str:
+    return f"{rid}: {_where(err)}: {err['ename']}: {err['evalue'][:limit]}"
+
+
+def run_study(study_path, out=None, jobs: int = 1, dry_run: bool = False, only: list[str] | None = None,
+              force: bool = False, report: bool = True, gpus: str | None = None, echo=print) -> int:
+    """Run (or continue) a study; returns the exit status (0: every selected run complete)."""
+    from tqdm.auto import tqdm
+
+    study = load_study(study_path)
+    out = Path(out if out is not None else REPO_ROOT / "results" / study["name"]).resolve()
+    runs = select(expand(study, out), only)
+    if only and not runs:
+        raise StudyError(f"{study['_file']}: no run id matches --only {only} (see --dry-run for the ids)")
+    for nb in sorted({r.notebook for r in runs}):
+        if not nb.is_file():
+            raise StudyError(f"{study['_file']}: notebook {nb} does not exist (set 'notebooks' in the study file)")
+    done = {r.run_id for r in runs if not force and is_complete(r, out)}
+
+    if dry_run:
+        echo(f"study {study['name']}: {len(runs)} runs ({len(done)} complete, {len(runs) - len(done)} to run) -> {out}")
+        for r in runs:
+            dep = f"  <- {', '.join(r.deps)}" if r.deps else ""
+            echo(f"  [{'complete' if r.run_id in done else 'run':8s}] {r.run_id}{dep}")
+        return 0
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "study.yaml", yaml.safe_dump({k: v for k, v in study.items() if not k.startswith("_")},
+                                                  sort_keys=False))
+    failures: list[dict] = []
+    bar = tqdm(total=len(runs) - len(done), desc=f"study {study['name']}", unit="run", dynamic_ncols=True)
+
+    def start(run, gpu):
+        folder = prepare_folder(run, out, force)
+        return Execution(run, folder, kernel_env(jobs, gpu), study.get("timeout_s"))
+
+    def on_finish(run, result):
+        if result["ok"]:
+            write_meta(run, out, complete=True, seconds=round(result["seconds"], 1))
+        else:
+            err = dict(result["error"], run=run.run_id, notebook=str(run.folder(out) / run.notebook.name))
+            failures.append(err)
+            write_json(run.folder(out) / FAILED, err)
+            bar.write("FAILED " + _failure_line(run.run_id, err, 300))
+        bar.update(1)
+
+    def on_skip(run, bad):
+        bar.write(f"SKIPPED {run.run_id}: depends on failed {', '.join(bad)}")
+        bar.update(1)
+
+    def on_tick(running_ids):
+        text = ", ".join(running_ids)[:80]
+        if text != bar.postfix:  # redraw only when the running runs change
+            bar.set_postfix_str(text)
+
+    scheduler = Scheduler(runs, done, jobs, gpu_ids(gpus) if jobs > 1 or gpus else [], start, on_finish, on_skip)
+    try:
+        status = scheduler.run(on_tick=on_tick)
+    finally:
+        bar.close()
+        status = scheduler.status
+        for r in runs:
+            status.setdefault(r.run_id, {"status": "not run (interrupted)"})
+        write_json(out / "study_summary.json", {"study": study["_file"], "out": str(out), "runs": status})
+        write_json(out / "failures.json", failures)
+
+    _pool(out, runs, status, failures)
+    rc = _summarise(study, out, status, echo)
+    if report and study.get("report", True) and any(status[r.run_id]["status"] in DONE
+                                                     for r in runs if r.kind == "train"):
+        try:
+            from ..report import build_report
+
+            build_report(out, out / "report")
+            echo(f"report: {out / 'report'}")
+        except Exception as e:
+            echo(f"report failed: {type(e).__name__}: {e}")
+            rc = 1
+    return rc
+
+
+def _pool(out: Path, runs, status: dict, failures: list[dict]) -> None:
+    """Pool every k-fold setting whose folds are all complete; remove a stale pooled result otherwise."""
+    groups: dict[str, list] = {}
+    for r in runs:
+        if r.group:
+            groups.setdefault(r.group, []).append(r)
+    for group, folds in groups.items():
+        if all(status[r.run_id]["status"] in DONE for r in folds):
+            try:
+                pool_folds(out, group, folds)
+            except Exception as e:
+                err = {"run": group, "cell_index": None, "exec_count": None, "ename": type(e).__name__,
+                       "evalue": f"pooling the folds failed: {e}", "notebook": None, "cell": None}
+                failures.append(err)
+                status[group] = {"status": "failed", "error": err}
+                write_json(out / "failures.json", failures)
+        else:
+            (out / group / METRICS).unlink(missing_ok=True)
+
+
+def _summarise(study: dict, out: Path, status: dict, echo) -> int:
+    counts: dict[str, int] = {}
+    for s in status.values():
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    echo(f"study {study['name']}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + f" -> {out}")
+    bad = [rid for rid, s in status.items() if s["status"] not in DONE]
+    for rid in bad:
+        s = status[rid]
+        if s["status"] == "failed":
+            e = s["error"]
+            echo("  FAILED  " + _failure_line(rid, e, 200) + (f"  ({e['notebook']})" if e.get("notebook") else ""))
+        else:
+            echo(f"  {s['status'].upper()}  {rid}")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import __doc__ as doc
+
+    p = argparse.ArgumentParser(prog="python -m hpelib.study", description=doc.split("\n\n")[0])
+    p.add_argument("study", help="study YAML file (see docs/STUDY.md)")
+    p.add_argument("--out", help="output folder (default: results/<study name>)")
+    p.add_argument("--jobs", type=int, default=1, help="runs executed in parallel (one GPU each when GPUs are present)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are complete; run nothing")
+    p.add_argument("--only", action="append", metavar="PATTERN",
+                   help="run only ids matching this glob or substring (repeatable); their pre-training runs are added")
+    p.add_argument("--force", action="store_true", help="re-run selected runs even when complete")
+    p.add_argument("--no-report", action="store_true", help="do not build <out>/report at the end")
+    p.add_argument("--gpus", help="comma-separated GPU ids to share among --jobs workers (default: all visible)")
+    a = p.parse_args(argv)
+    try:
+        return run_study(a.study, a.out, jobs=a.jobs, dry_run=a.dry_run, only=a.only, force=a.force,
+                         report=not a.no_report, gpus=a.gpus)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
