@@ -168,6 +168,25 @@ def metric_blocks(doc: dict, default_test_set=None) -> list[tuple[object, dict]]
     return [(default_test_set, doc)]
 
 
+#: a run is *unlearned* on a test set when its error on yaw, pitch, roll or the mean is not clearly
+#: below the constant predictor's (always the mean training pose): error >= UNLEARNED_RATIO x constant error
+UNLEARNED_RATIO = 0.8
+UNLEARNED_CHECKED = ("yaw", "pitch", "roll", "mae")
+
+
+def not_below(err, const):
+    """True where ``err`` is not clearly below the constant predictor's error ``const`` (NaN: False)."""
+    err, const = np.asarray(err, float), np.asarray(const, float)
+    with np.errstate(invalid="ignore"):
+        return (const > 0) & (err >= UNLEARNED_RATIO * const)
+
+
+def unlearned_keys(block: dict) -> list[str]:
+    """The errors of one test set's metrics (``yaw`` ... ``mae``) that are not clearly below the constant predictor's."""
+    return [k for k in UNLEARNED_CHECKED
+            if k in block and f"constant_{k}" in block and bool(not_below(block[k], block[f"constant_{k}"]))]
+
+
 def constant_columns(constant: dict) -> dict:
     """``constant_yaw/pitch/roll/mae`` (:data:`CONSTANT_KEYS`) from the constant predictor's errors."""
     return {f"constant_{k}": float(constant[k]) for k in ("yaw", "pitch", "roll", "mae")}

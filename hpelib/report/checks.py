@@ -14,15 +14,11 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ..runs import CONFIG, METRICS, RunFolder, RunRecord
+from ..runs import CONFIG, METRICS, UNLEARNED_CHECKED, UNLEARNED_RATIO, RunFolder, RunRecord, not_below
 from .columns import ROW_KEYS, fmt_key, key_frame
 
-#: a run is *unlearned* when its error on yaw, pitch, roll or MAE is not clearly below the constant
-#: predictor's: error >= UNLEARNED_RATIO x constant error
-UNLEARNED_RATIO = 0.8
 #: train_config fields that do not change the results: left out of the ``settings`` fingerprint
 SETTINGS_IGNORED = ("seed", "num_workers", "log_every", "progress", "device", "ddp_find_unused_parameters")
-_CHECKED = ("yaw", "pitch", "roll", "mae")
 
 
 # --------------------------------------------------------------------------- mixed settings
@@ -70,17 +66,10 @@ def _group_name(keys: dict) -> str:
 
 
 # --------------------------------------------------------------------------- unlearned runs
-def not_below(err, const):
-    """True where ``err`` is not clearly below the constant predictor's error ``const`` (NaN: False)."""
-    err, const = np.asarray(err, float), np.asarray(const, float)
-    with np.errstate(invalid="ignore"):
-        return (const > 0) & (err >= UNLEARNED_RATIO * const)
-
-
 def unlearned_mask(df: pd.DataFrame) -> pd.Series:
     """Rows of a results table with some error not clearly below the constant predictor's."""
     hit = np.zeros(len(df), bool)
-    for m in _CHECKED:
+    for m in UNLEARNED_CHECKED:
         if m in df and f"constant_{m}" in df:
             hit |= not_below(df[m], df[f"constant_{m}"])
     return pd.Series(hit, index=df.index)
@@ -100,7 +89,7 @@ def study_warnings(df: pd.DataFrame) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {"unlearned": [], "unchecked": [], "mixed_settings": []}
     for _, r in df.iterrows():
         name = f"{r['run']} [{fmt_key(r['test_set'])}]"
-        have = [m for m in _CHECKED if np.isfinite(float(r.get(f"constant_{m}", np.nan)))]
+        have = [m for m in UNLEARNED_CHECKED if np.isfinite(float(r.get(f"constant_{m}", np.nan)))]
         fails = [f"{m} {r[m]:.2f} >= {UNLEARNED_RATIO:g} x {r[f'constant_{m}']:.2f}"
                  for m in have if not_below(r[m], r[f"constant_{m}"])]
         if fails:
