@@ -19,7 +19,8 @@ import numpy as np
 from .data import build_dataset, kfold_subsets, label_subset
 from .engine import evaluate, pretrain, train
 from .metrics import labelled_rows, summarize
-from .runs import CONFIG, RunFolder, RunRecord, constant_columns, init_label, method_label, run_id
+from .runs import (CONFIG, RunFolder, RunRecord, constant_columns, init_label, method_label, run_id,
+                   unlearned_keys)
 from .spec import RunSpec
 
 __all__ = ["dataset_from_spec", "hpe_datasets", "run_pretraining", "run_hpe", "evaluate_on_sets",
@@ -121,8 +122,10 @@ def run_hpe(spec: RunSpec, out_dir) -> dict:
     """Train a head pose model (optionally SSL-initialised, optionally with auxiliary SSL losses) and test it.
 
     Writes the run folder (:mod:`hpelib.runs`): ``config.json``,
-    ``metrics.json`` (test errors and the constant predictor's per test set,
-    training time), the predictions, ``model.pt`` and ``history.json``.
+    ``metrics.json`` (per test set: the errors, the constant predictor's, and
+    ``unlearned``: the errors not clearly below the constant predictor's, see
+    :func:`hpelib.runs.unlearned_keys`; the training time), the predictions,
+    ``model.pt`` and ``history.json``.
     Returns ``{"config" (RunRecord), "result" (engine), "per_set" ({name:
     metrics}), "metrics" (what metrics.json holds), "constant" ({name: errors
     of predicting the mean training pose})}``.
@@ -155,8 +158,10 @@ def run_hpe(spec: RunSpec, out_dir) -> dict:
     constant = {name: constant_prediction_metrics(train_set.poses, ds.poses) for name, ds in test_sets.items()}
     folder.write_predictions({name: ev.frame() for name, ev in evaluations.items()})
     train_time = float(result["train_time_s"])
-    folder.write_metrics({n: {**m, **constant_columns(constant[n])} for n, m in per_set.items()},
-                         train_time_s=train_time)
+    blocks = {n: {**m, **constant_columns(constant[n])} for n, m in per_set.items()}
+    for block in blocks.values():  # the divergence/unlearned guard, marked in the run's own metrics
+        block["unlearned"] = unlearned_keys(block)
+    folder.write_metrics(blocks, train_time_s=train_time)
     if not spec.keep_checkpoint:
         folder.drop_checkpoint()
     return {"config": record, "result": result, "per_set": per_set, "metrics": folder.read_metrics(),

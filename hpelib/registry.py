@@ -165,6 +165,15 @@ class Registry:
         what = f"{self.kind} {name!r}"
         check_keys(options, [*self.options(name), *extra], f"{where}: {what}" if where else what, noun="option")
 
+    def coerce_options(self, name: str, options: dict) -> tuple[dict, list[str]]:
+        """``options`` of ``name`` coerced to the types its constructor declares: ``(options, problems)``.
+
+        See :func:`hpelib.validation.coerce`; options without an annotation are passed through.
+        """
+        from .validation import check_fields, option_types
+
+        return check_fields(option_types(self.get(name)), options)
+
     def build(self, name: str, *args, **kwargs):
         """``constructor(*args, **kwargs)`` after checking the keywords that are not supplied ones."""
         self.check_options(name, {k: v for k, v in kwargs.items() if k not in self.supplied})

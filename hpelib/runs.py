@@ -21,6 +21,10 @@ this module is the only one that knows its layout. What the folder holds:
     ``predictions_<test_set>.csv`` per set. Unlabelled rows have empty errors.
 ``model.pt``, ``checkpoint.pt``, ``history.json``
     The engine's final weights, resumable state and per-epoch losses.
+``train.log``
+    The engine's log, one self-contained line per event, appended as it happens:
+    ``epoch k/N: loss ...`` per finished epoch, ``resumed from epoch k/N
+    (checkpoint.pt)``, ``finished: N epochs in S s`` (its last line shows progress).
 ``study_run.json``, ``FAILED``, ``kernel.log``
     Written by the study runner: what it asked for and whether it completed,
     why it failed, the kernel's stderr.
@@ -47,6 +51,7 @@ PREDICTIONS = "predictions.csv"
 HISTORY = "history.json"
 MODEL = "model.pt"
 CHECKPOINT = "checkpoint.pt"
+LOG = "train.log"
 STUDY_RUN = "study_run.json"
 FAILED = "FAILED"
 KERNEL_LOG = "kernel.log"

@@ -32,6 +32,8 @@ from .data import DEFAULT_IMAGE_SIZE
 from .engine.config import TrainConfig
 from .models.config import ModelConfig
 from .registry import check_keys
+from .ssl import TASKS
+from .validation import check_fields, problems_message
 
 __all__ = ["RunSpec", "KFold", "Labels", "KINDS"]
 
@@ -122,28 +124,44 @@ class RunSpec:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the setting when the spec cannot describe a run."""
+        """Raise ``ValueError`` naming every setting that cannot describe a run."""
+        problems = []
         if self.kind not in KINDS:
-            raise ValueError(f"run spec: kind must be one of {list(KINDS)}, got {self.kind!r}")
-        _check_data_spec(self.train_data, "train_data")
+            problems.append(f"kind must be one of {list(KINDS)}, got {self.kind!r}")
+        problems += _data_spec_problems(self.train_data, "train_data")
         if not isinstance(self.test_data, dict):
-            raise ValueError(f"run spec: test_data must map a test-set name to a data spec, got {self.test_data!r}")
-        for name, spec in self.test_data.items():
-            _check_data_spec(spec, f"test_data.{name}")
-        if not (isinstance(self.image_size, int) and not isinstance(self.image_size, bool) and self.image_size >= 8):
-            raise ValueError(f"run spec: image_size must be an integer >= 8, got {self.image_size!r}")
-        if not (isinstance(self.label_fraction, (int, float)) and 0 < self.label_fraction <= 1):
-            raise ValueError(f"run spec: label_fraction must be a number in (0, 1], got {self.label_fraction!r}")
+            problems.append(f"test_data must map a test-set name to a data spec, got {self.test_data!r}")
+        else:
+            for name, spec in self.test_data.items():
+                problems += _data_spec_problems(spec, f"test_data.{name}")
+        values, bad = self.check_values({"image_size": self.image_size, "label_fraction": self.label_fraction,
+                                         "eval_batch_size": self.eval_batch_size,
+                                         "keep_checkpoint": self.keep_checkpoint})
+        problems += bad
+        for name, value in values.items():
+            setattr(self, name, value)
+        if "image_size" in values:
+            for task, opts in self.model.ssl_tasks.items():
+                problem = TASKS.get(task).image_size_problem(self.image_size, **self.model.task_kwargs(task))
+                if problem:
+                    problems.append(problem)
         if self.kind == "pretrain":
             if self.model.pose_head is not None or len(self.model.ssl_tasks) != 1:
-                raise ValueError("run spec: a pretrain run needs model.pose_head = null and exactly one SSL task "
-                                 f"in model.ssl_tasks, got pose_head={self.model.pose_head!r}, "
-                                 f"ssl_tasks={sorted(self.model.ssl_tasks)}")
+                problems.append("a pretrain run needs model.pose_head = null and exactly one SSL task in "
+                                f"model.ssl_tasks, got pose_head={self.model.pose_head!r}, "
+                                f"ssl_tasks={sorted(self.model.ssl_tasks)}")
             if self.test_data or self.kfold or self.label_fraction != 1:
-                raise ValueError("run spec: a pretrain run uses the images of train_data only "
-                                 "(no test_data, kfold or label_fraction)")
-        elif not self.test_data:
-            raise ValueError("run spec: a train run needs test_data ({test set name: data spec})")
+                problems.append("a pretrain run uses the images of train_data only (no test_data, kfold or "
+                                "label_fraction)")
+        elif self.kind == "train" and not self.test_data:
+            problems.append("a train run needs test_data ({test set name: data spec})")
+        if problems:
+            raise ValueError(problems_message("run spec", problems))
+
+    @classmethod
+    def check_values(cls, values: dict) -> tuple[dict, list[str]]:
+        """Coerce and check the given top-level settings alone (``image_size``, ``label_fraction`` ...)."""
+        return check_fields(_FIELD_TYPES, values, _FIELD_CHECKS)
 
     @property
     def method(self) -> str | None:
@@ -151,7 +169,15 @@ class RunSpec:
         return next(iter(self.model.ssl_tasks)) if self.kind == "pretrain" else None
 
 
-def _check_data_spec(spec, where: str) -> None:
+_FIELD_TYPES = {"image_size": int, "label_fraction": float, "eval_batch_size": int, "keep_checkpoint": bool}
+_FIELD_CHECKS = {
+    "image_size": (lambda v: v >= 8, "an integer >= 8"),
+    "label_fraction": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
+}
+
+
+def _data_spec_problems(spec, where: str) -> list[str]:
     if not isinstance(spec, dict) or "name" not in spec:
-        raise ValueError(f"run spec: {where} must be a data spec with a 'name' key "
-                         f"(e.g. {{'name': 'synthetic'}}), got {spec!r}")
+        return [f"{where} must be a data spec with a 'name' key (e.g. {{'name': 'synthetic'}}), got {spec!r}"]
+    return []

@@ -288,3 +288,25 @@ def test_synthetic_real_generator_smoke(tmp_path):
     ds = build_dataset("synthetic", root=tmp_path, split="test", n=4, image_size=16, train=True)
     image, pose = ds[0]
     assert image.shape == (3, 16, 16) and torch.isfinite(pose).all() and len(ds.poses) == 4
+
+
+def test_cache_files_follow_the_umask_and_a_full_disk_is_reported(tiny_aflw2000, tmp_path, monkeypatch):
+    """The shared crop cache is readable by the group/others as the umask allows (not 0600 from mkstemp)."""
+    from hpelib.io import DiskFullError
+
+    old = os.umask(0o022)
+    try:
+        build_dataset("aflw2000", root=tiny_aflw2000, train=False, image_size=24, cache_dir=tmp_path / "c")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "c").iterdir()}
+    assert {".npy", ".json", ".npz"} <= {os.path.splitext(name)[1] for name in modes}  # crops, their record, labels
+    assert set(modes.values()) == {0o644}, modes
+
+    # too little free space is an error before decoding, not a crash when the memory map writes
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DiskFullError) as info:
+        build_dataset("aflw2000", root=tiny_aflw2000, train=False, image_size=24, cache_dir=tmp_path / "c2")
+    msg = str(info.value)
+    assert msg.startswith(f"cannot write {tmp_path / 'c2'}/aflw2000") and "1000 bytes free" in msg
+    assert not list((tmp_path / "c2").glob("*.npy*"))

@@ -80,7 +80,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outputs)
 
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "history.json", "model.pt"]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "history.json", "model.pt", "train.log"]
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)  # BatchNorm buffers too

@@ -11,6 +11,7 @@ import torch
 from hpelib.data import build_dataset
 from hpelib.engine import Evaluation, TrainConfig, evaluate, load_checkpoint, pretrain, train
 from hpelib.engine import checkpoint as C
+from hpelib.engine import cli
 from hpelib.engine.cli import main as cli_main
 from hpelib.engine.config import LRSchedule
 from hpelib.metrics import angle_errors, geodesic_errors
@@ -125,7 +126,7 @@ def test_resume_is_exact_and_finished_run_is_not_retrained(tmp_path, monkeypatch
 
     # files of a finished run: the engine's own artefacts only (metrics.json is the caller's)
     d = tmp_path / "full"
-    assert sorted(p.name for p in d.iterdir()) == ["checkpoint.pt", "history.json", "model.pt"]
+    assert sorted(p.name for p in d.iterdir()) == ["checkpoint.pt", "history.json", "model.pt", "train.log"]
     assert full["train_time_s"] > 0 and set(full["train_loss"]) == {"pose", "rotation", "total"}
     hist = json.loads((d / "history.json").read_text())
     assert [e["epoch"] for e in hist["epochs"]] == [1, 2] and hist["train_config"]["seed"] == 3
@@ -243,3 +244,124 @@ def test_cli_trains_and_tests_from_a_config_file(tmp_path, synth_root, capsys):
     assert cli_main(["train", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "none" in err and "data/README.md" in err
+
+
+# --- the run's log, unreadable resume state ----------------------------------------
+
+def _log(run):
+    return (run / "train.log").read_text().splitlines()
+
+
+def test_train_log_has_one_line_per_epoch_and_the_resume(tmp_path):
+    import re
+
+    epoch_line = r"epoch {}/2: loss \d+\.\d{{4}} \(pose \d+\.\d{{4}}, rotation \d+\.\d{{4}}\), lr [\d.e-]+, " \
+                 r"\d+\.\d img/s, \d+\.\d s"
+    full = tmp_path / "full"
+    train(MODEL, TinyPoses(), None, tcfg(), full)  # progress off: the log is written all the same
+    lines = _log(full)
+    assert len(lines) == 3, lines
+    assert re.fullmatch(epoch_line.format(1), lines[0]) and re.fullmatch(epoch_line.format(2), lines[1])
+    assert re.fullmatch(r"finished: 2 epochs in \d+\.\d s", lines[2])
+
+    split = tmp_path / "split"
+    train(MODEL, TinyPoses(), None, tcfg(), split, stop_after_epoch=1)
+    assert len(_log(split)) == 1 and _log(split)[0].startswith("epoch 1/2: ")
+    train(MODEL, TinyPoses(), None, tcfg(), split)
+    lines = _log(split)
+    assert lines[1] == "resumed from epoch 1/2 (checkpoint.pt)" and lines[2].startswith("epoch 2/2: ")
+    assert lines[3].startswith("finished: 2 epochs in ") and len(lines) == 4
+    train(MODEL, TinyPoses(), None, tcfg(), split)  # already finished: nothing trained, nothing logged
+    assert len(_log(split)) == 4
+
+
+def test_unreadable_checkpoint_on_resume_says_how_to_start_over(tmp_path):
+    run = tmp_path / "run"
+    train(MODEL, TinyPoses(), None, tcfg(), run, stop_after_epoch=1)
+    ckpt = run / "checkpoint.pt"
+    ckpt.write_bytes(b"\0garbage" * 4)
+    with pytest.raises(ValueError) as info:
+        train(MODEL, TinyPoses(), None, tcfg(), run)
+    msg = str(info.value)
+    assert msg.startswith(f"the run's resumable state in {run} is unreadable: "
+                          f"{ckpt} (32 bytes) is not a PyTorch zip file")
+    assert f"delete {ckpt} to start the run over" in msg and "resume=False" in msg and "--restart" in msg
+    assert "--force --only <run id>" in msg
+    assert train(MODEL, TinyPoses(), None, tcfg(), run, resume=False)["finished"]  # the way out works
+
+    # a readable file without the resumable state (model.pt copied over it) is refused the same way
+    ckpt.write_bytes((run / "model.pt").read_bytes())
+    with pytest.raises(ValueError, match=r"resumable state in .* is unreadable: .*has no resumable state"):
+        train(MODEL, TinyPoses(), None, tcfg(), run)
+
+
+# --- the engine CLI: bad config files, Ctrl-C --------------------------------------
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err.rstrip("\n")
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("run.json", '{"out_dir": "x",\n "train": {"epochs": 1,}\n}\n', "JSON: line 2, column 24: Expecting property name"),
+    ("run.yaml", "out_dir: x\ntrain:\n  epochs: 1\n   batch_size: 4\n",
+     "YAML: line 4, column 14: mapping values are not allowed here"),
+])
+def test_cli_names_the_line_and_column_of_a_malformed_config(tmp_path, capsys, name, text, where):
+    path = tmp_path / name
+    path.write_text(text)
+    assert cli_main(["train", "--config", str(path)]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: config file {path} is not valid {where}") and "correct the file" in line
+
+
+def test_cli_checks_values_as_notebooks_and_studies_do(tmp_path, capsys):
+    """The engine CLI's config goes through the same checks (and YAML coercion) before anything is built."""
+    path = tmp_path / "run.yaml"
+    path.write_text("out_dir: x\nmodel: {backbone: resnet19}\ntrain: {lr: fast, epochs: 0}\n")
+    assert cli_main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {path}: model config: unknown backbone 'resnet19'" in err
+    path.write_text("out_dir: x\ntrain: {lr: fast, epochs: 0}\n")
+    assert cli_main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "TrainConfig:" in err and "lr: expected a number, got 'fast'" in err and "epochs must be an integer >= 1" in err
+    path.write_text("out_dir: x\nmodel: {backbone: resnet18-narrow}\ntrain: {lr: 1e-3}\n")
+    assert cli.load_run_config(path)["train"]["lr"] == 0.001  # YAML's string 1e-3 is the number
+
+
+def test_cli_ctrl_c_says_what_is_saved_and_how_to_resume(tmp_path, synth_root, capsys, monkeypatch):
+    import hpelib.engine
+
+    data = {"name": "synthetic", "root": str(synth_root), "image_size": SIZE, "seed": 7, "split": "train", "n": 8}
+    out = tmp_path / "run"
+    config = {"out_dir": str(out), "model": MODEL, "train_data": data,
+              "train": {"epochs": 2, "batch_size": 4, "device": "cpu", "progress": False, "max_steps_per_epoch": 1}}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(config))
+    build_dataset(**data)  # rendered now, so that its progress bar is not part of what the command prints
+    capsys.readouterr()
+
+    real_train = hpelib.engine.train
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        real_train(*args, **kwargs, stop_after_epoch=1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hpelib.engine, "train", interrupted_in_epoch_2)
+    assert cli_main(["train", "--config", str(path)]) == 130
+    assert _one_error_line(capsys) == (f"interrupted: the checkpoint after epoch 1/2 is kept in {out}; "
+                                       "run the same command again to resume from it")
+
+    def interrupted_at_once(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hpelib.engine, "train", interrupted_at_once)
+    assert cli_main(["train", "--config", str(path), "--out-dir", str(tmp_path / "new")]) == 130
+    assert _one_error_line(capsys) == (f"interrupted before the first epoch finished: nothing is saved in "
+                                       f"{tmp_path / 'new'}; run the same command again to start the run")
+    # with --restart the checkpoint of the earlier attempt is not this run's
+    assert cli_main(["train", "--config", str(path), "--restart"]) == 130
+    assert _one_error_line(capsys).startswith(
+        f"interrupted before the first epoch finished: nothing is saved in {out};")

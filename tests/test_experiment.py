@@ -99,3 +99,16 @@ def test_demo_model_records_its_image_size(tmp_path):
     assert ckpt.is_file() and ex.training_image_size(ckpt) == 24 == ex.training_image_size(ckpt.parent)
     with pytest.raises(ValueError, match="config.json"):
         ex.training_image_size(tmp_path / "nowhere" / "model.pt")
+
+
+def test_a_diverged_run_is_marked_unlearned_in_its_metrics_and_the_report(specs, tmp_path):
+    """lr 1000 trains without NaN but learns nothing: metrics.json and the report say so."""
+    train_spec, test_spec = specs
+    spec = tiny_spec(train_spec, {"syn": test_spec}, train={"lr": 1000.0, "max_steps_per_epoch": 3})
+    run = ex.run_hpe(spec, tmp_path / "diverged")
+    block = run["metrics"]
+    assert block["unlearned"], block  # e.g. ["yaw", "pitch", "roll", "mae"]
+    assert set(block["unlearned"]) <= {"yaw", "pitch", "roll", "mae"}
+    for key in block["unlearned"]:
+        assert block[key] >= 0.8 * block[f"constant_{key}"]
+    assert bool(collect(tmp_path).loc[0, "unlearned"])

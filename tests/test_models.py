@@ -88,7 +88,7 @@ def test_stem_is_saved_checked_and_loaded(tmp_path):
     assert torch.equal(dst.backbone.conv1.weight, m.backbone.conv1.weight)
     with pytest.raises(ValueError, match=r"cifar\.pt.*stem 'cifar'.*stem 'imagenet'"):
         _model(init=str(path))
-    with pytest.raises(ValueError, match="choices.*cifar"):
+    with pytest.raises(ValueError, match="stem must be one of .*cifar"):
         ModelConfig.from_dict({**NARROW, "stem": "tiny"})
     with pytest.raises(ValueError, match="needs stem='imagenet'"):
         ModelConfig.from_dict({"backbone": "resnet18", "init": "imagenet", "stem": "cifar"})
@@ -300,3 +300,49 @@ def test_checkpoint_files_are_read_without_running_pickled_code(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         read_checkpoint(tmp_path / "missing.pt")
     assert plain_state_dict({"module._orig_mod.backbone.w": 1, "pose_head.b": 2}) == {"backbone.w": 1, "pose_head.b": 2}
+
+
+EXPECTED_CHECKPOINT = ("expected an hpelib model.pt or checkpoint.pt written by hpelib "
+                       "(torch.save of a dict with model_config and model)")
+
+
+def _unreadable_message(path) -> str:
+    from hpelib.models.files import read_checkpoint
+
+    with pytest.raises(ValueError) as info:
+        read_checkpoint(path)
+    msg = str(info.value)
+    assert str(path) in msg and EXPECTED_CHECKPOINT in msg
+    assert "file an issue" not in msg and "Weights only load failed" not in msg and "\n" not in msg
+    err = info.value  # PyTorch's own long text is not chained into the traceback either
+    assert err.__cause__ is None and (err.__context__ is None or err.__suppress_context__)
+    return msg
+
+
+def test_unreadable_checkpoint_files_get_one_clear_message(tmp_path):
+    good = tmp_path / "model.pt"
+    torch.save({"model_config": {}, "model": {"w": torch.ones(1000)}}, good)
+    data = good.read_bytes()
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    assert "empty.pt (0 bytes) is empty;" in _unreadable_message(empty)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint\n" * 20)
+    assert "(340 bytes) is not a PyTorch zip file" in _unreadable_message(garbage)
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    msg = _unreadable_message(truncated)
+    assert "truncated.pt (2.7 KiB) is truncated" in msg and "copy it again or train again" in msg
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model_config": {}, "model": {}, "payload": _NotATensor()}, evil)
+    msg = _unreadable_message(evil)
+    assert "holds a pickled Python object (test_models._NotATensor)" in msg and "weights_only=True" in msg
+
+    plain = tmp_path / "state_dict.pt"
+    torch.save({"conv.weight": torch.ones(2)}, plain)
+    msg = _unreadable_message(plain)
+    assert "is a dict with keys ['conv.weight']" in msg and "'model_config'" in msg

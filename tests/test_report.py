@@ -11,7 +11,9 @@ import pytest
 
 from hpelib import report
 from hpelib.metrics import ANGLE_NAMES
-from hpelib.runs import PREDICTIONS, RunFolder, RunRecord, constant_columns, predictions_frame
+from hpelib.io import write_json
+from hpelib.runs import (FAILED, PREDICTIONS, STUDY_RUN, RunFolder, RunRecord, constant_columns,
+                         predictions_frame, unlearned_keys)
 
 SEED_OFFSETS = {0: -0.1, 1: 0.0, 2: 0.1}  # mean 0, std 0.1 over three seeds
 
@@ -98,7 +100,7 @@ def test_collect_shape_columns_and_skips(tree):
     ssl = RunFolder(tree / "pretrain_ssl" / "rotation_s0")
     ssl.write_config(RunRecord(kind="pretrain", pretrain_method="rotation", seed=0))
     ssl.write_metrics({}, train_time_s=1.0)
-    with pytest.warns(UserWarning, match="skipped 2 incomplete") as rec:
+    with pytest.warns(UserWarning, match=r"left out 2 run\(s\)") as rec:
         df = report.collect(tree)
     msg = str(rec[0].message)
     assert "auxiliary/crashed (no metrics.json)" in msg and "auxiliary/partial" in msg and "mae" in msg
@@ -166,7 +168,7 @@ def test_error_table_relative_change_and_format(tree):
     assert row("baseline", 1.0)["Δ vs baseline (%)"] == "—"
     assert row("baseline", 1.0)["MAE"] == "10.00 ± 0.10"
     assert row("baseline", 1.0)["Yaw"] == "12.00 ± 0.12"
-    assert row("auxiliary", 1.0)["n_seeds"] == 3
+    assert row("auxiliary", 1.0)["seeds"] == 3
     assert len(t) == 6
 
 
@@ -292,6 +294,8 @@ def test_figures_and_axes(tree, tmp_path):
     assert len(ax.patches) == 3  # one bar per scenario/method at full labels
     heights = sorted(round(b.get_height(), 6) for b in ax.patches)
     assert heights == [8.0, 10.0, 10.5]
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert all("(seeds=" in t for t in ticks), ticks  # the bars count seeds, not test images
     assert (tmp_path / "bars.png").stat().st_size > 1000 and (tmp_path / "bars.pdf").exists()
     # by default the label fraction where the whole design ran (most variants) is shown
     partial = df[~((df.label_fraction == 1.0) & (df.scenario == "pretrain"))]
@@ -308,7 +312,7 @@ def test_figures_and_axes(tree, tmp_path):
 
 def test_build_report_writes_everything(tree, tmp_path):
     out = tmp_path / "report"
-    with pytest.warns(UserWarning, match="incomplete"):
+    with pytest.warns(UserWarning, match=r"left out 2 run\(s\)"):
         paths = report.build_report(tree, out)
     for key in ["results_csv", "error_table_md", "error_table_tex", "paired_tests_csv", "paired_tests_md",
                 "error_by_method_png", "label_efficiency_png", "error_vs_yaw_png", "error_vs_pitch_pdf"]:
@@ -419,7 +423,7 @@ def test_error_table_marks_unlearned_and_mixed_groups(tmp_path):
     assert df.loc[df.scenario == "baseline", "settings"].nunique() == 1  # seed and num_workers do not count
     assert df.loc[df.scenario == "auxiliary", "settings"].nunique() == 2
     t = report.error_table(df).set_index("scenario")
-    assert t.loc["auxiliary", "n_seeds"] == 3  # nothing dropped
+    assert t.loc["auxiliary", "seeds"] == 3  # nothing dropped
     assert t.loc["auxiliary", "unlearned"] and t.loc["auxiliary", "mixed_settings"] and t.loc["auxiliary", "flag"] == "†‡"
     assert not t.loc["baseline", "unlearned"] and t.loc["baseline", "flag"] == ""
     md = report.to_markdown(t.reset_index())
@@ -447,7 +451,7 @@ def test_build_report_warns_and_lists_problems(tmp_path):
     assert all(f"auxiliary-s{s}" in mix for s in range(3)) and "baseline-s" not in mix
     text = Path(paths["warnings_md"]).read_text()
     assert "auxiliary-s2 [synthetic]: yaw 17.00 >= 0.8 x 20.00" in text and "train_config.epochs" in text
-    assert "- none" not in text
+    assert text.count("- none") == 1  # only under "Runs left out": every folder is a complete run
     assert "‡" in Path(paths["error_table_md"]).read_text()
 
 
@@ -563,3 +567,134 @@ def test_pretrain_budget_figure(tmp_path):
     assert Path(paths["pretrain_budget_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="two or more budgets"):  # a study without a budget axis
         report.plot_pretrain_budget(df[df["pretrain_epochs"].isna() | (df["pretrain_epochs"] == 4)])
+
+
+# --------------------------------------------------------------------------- which runs enter the report
+def study_marked(folder: RunFolder, complete: bool) -> RunFolder:
+    """``study_run.json`` as the study runner writes it (only the keys the report reads)."""
+    write_json(folder.file(STUDY_RUN), {"run_id": folder.path.name, "complete": complete, "fingerprint": "f"})
+    return folder
+
+
+def test_collect_leaves_out_failed_and_unfinished_study_runs(tmp_path):
+    root = tmp_path / "res"
+    study_marked(write_run(root, "done", scenario="baseline", method="none", seed=0, mae=10.0), complete=True)
+    write_run(root, "hand_made", scenario="baseline", method="none", seed=1, mae=10.0)  # no study_run.json
+    failed = write_run(root, "failed", scenario="baseline", method="none", seed=2, mae=1.0)  # stale metrics
+    write_json(failed.file(FAILED), {"ename": "RuntimeError", "evalue": "CUDA out of memory"})
+    study_marked(write_run(root, "restarted", scenario="baseline", method="none", seed=3, mae=1.0), complete=False)
+    (root / "no_config").mkdir()  # failed before it wrote anything but the runner's files
+    study_marked(RunFolder(root / "no_config"), complete=False)
+    write_json(root / "no_config" / FAILED, {"ename": "DataError"})
+    with pytest.warns(UserWarning, match=r"left out 3 run\(s\)") as rec:
+        df = report.collect(root)
+    assert sorted(df["run"]) == ["done", "hand_made"]
+    msg = str(rec[0].message)
+    assert f"failed ({FAILED}: the run failed)" in msg and f"no_config ({FAILED}: the run failed)" in msg
+    assert f"restarted ({STUDY_RUN} says not complete: started again and not finished)" in msg
+    assert "done" not in msg and "hand_made" not in msg
+
+
+def test_collect_and_build_report_restricted_to_given_runs(tree, tmp_path):
+    ours = [f"baseline/none/lf{lf}/s{s}" for lf in (1.0, 0.1) for s in range(3)]
+    ours += ["auxiliary/jigsaw/lf1.0/s0/", "./auxiliary/jigsaw/lf1.0/s1", str(tree / "auxiliary/jigsaw/lf1.0/s2")]
+    with pytest.warns(UserWarning, match="left out") as rec:
+        df = report.collect(tree, runs=ours)
+    assert len(df) == 9 and set(df["scenario"]) == {"baseline", "auxiliary"}
+    msg = str(rec[0].message)
+    assert "pretrain/rotation/lf1.0/s0 (not part of this study)" in msg
+    assert "auxiliary/crashed (not part of this study)" in msg  # not ours: not judged by its files
+    assert "baseline/none" not in msg and "auxiliary/jigsaw/lf1.0" not in msg
+    with pytest.warns(UserWarning, match="left out"):
+        paths = report.build_report(tree, tmp_path / "out", runs=ours)
+    assert len(pd.read_csv(paths["results_csv"])) == 9
+    assert set(report.collect_predictions(tree, runs=ours)["scenario"]) == {"baseline", "auxiliary"}
+    text = Path(paths["warnings_md"]).read_text()
+    section = text.split("## Runs left out")[1].split("\n## ")[0]
+    assert "- pretrain/rotation/lf0.1/s2 (not part of this study)" in section
+    assert section.count("\n- ") == 6 + 3 + 2  # pretrain x 6, auxiliary at 10 % x 3, the 2 incomplete
+
+
+def test_build_report_lists_left_out_runs_in_warnings_md(tree, tmp_path):
+    write_json(RunFolder(tree / "baseline/none/lf1.0/s2").file(FAILED), {"ename": "RuntimeError"})
+    with pytest.warns(UserWarning, match=r"left out 3 run\(s\)"):
+        paths = report.build_report(tree, tmp_path / "out")
+    assert len(pd.read_csv(paths["results_csv"])) == 17
+    text = Path(paths["warnings_md"]).read_text()
+    section = text.split("## Runs left out")[1].split("\n## ")[0]
+    assert "- baseline/none/lf1.0/s2 (FAILED: the run failed)" in section
+    assert "- auxiliary/crashed (no metrics.json)" in section and "- auxiliary/partial [synthetic]" in section
+
+
+# --------------------------------------------------------------------------- error table: seeds, not n
+def test_error_table_counts_seeds_in_a_column_named_seeds(tree):
+    df = collect_quiet(tree)
+    assert df["n"].eq(100).all()  # results: n = test images
+    t = report.error_table(df)
+    assert "n" not in t and "n_seeds" not in t and (t["seeds"] == 3).all()
+    md = report.to_markdown(t)
+    header = next(line for line in md.splitlines() if line.startswith("| Labels")).split(" | ")
+    assert "seeds" in header and "n" not in header
+    assert "seeds: number of runs (one per seed) averaged into the row" in md.split("\n\n")[0]
+    tex = report.to_latex(t)
+    head = tex.split(r"\toprule")[1].split(r"\midrule")[0]
+    assert "seeds" in head and " n &" not in head and "seeds: number of runs" in tex.split(r"\label")[0]
+
+
+# --------------------------------------------------------------------------- figures that do not mislead
+def test_error_vs_angle_leaves_a_gap_at_a_dropped_bin(tmp_path):
+    rng = np.random.default_rng(2)
+    frame = fake_predictions(rng, 5.0, n=200)
+    few = frame.query("-20 <= pitch_true < 0").head(3)  # bin [-20, 0): 3 samples, bin [0, 20): none
+    frame = pd.concat([frame.query("pitch_true < -20 or pitch_true >= 20"), few])
+    write_run(tmp_path, "a", scenario="baseline", method="none", seed=0, mae=5.0, predictions={"synthetic": frame})
+    fig = report.plot_error_vs_angle(report.collect_predictions(tmp_path), angle="pitch",
+                                     bins=[-40, -20, 0, 20, 40])
+    ax = fig.axes[0]
+    (line,) = ax.get_lines()
+    np.testing.assert_allclose(line.get_xdata(), [-30, -10, 10, 30])
+    y = np.asarray(line.get_ydata(), float)
+    assert np.isnan(y[1:3]).all() and np.isfinite(y[[0, 3]]).all()  # a broken line, not one drawn across the gap
+    assert "bins with < 5 samples not drawn (2 bins)" in ax.get_title()
+    ax = report.plot_error_vs_angle(report.collect_predictions(tmp_path), angle="pitch",
+                                    bins=[-40, -20, 0, 20, 40], min_count=1).axes[0]
+    assert np.isnan(ax.get_lines()[0].get_ydata()).tolist() == [False, False, True, False]  # only the empty bin
+    assert "bins with < 1 samples not drawn (1 bin)" in ax.get_title()
+    ax = report.plot_error_vs_angle(report.collect_predictions(tmp_path), angle="pitch",
+                                    bins=[-40, -20, 20, 40], min_count=1).axes[0]
+    assert np.isfinite(ax.get_lines()[0].get_ydata()).all() and "not drawn" not in ax.get_title()
+
+
+def ylim_covers_error_bars(ax, tops) -> bool:
+    bottom, top = ax.get_ylim()
+    return bottom == 0 and top > max(tops)
+
+
+@pytest.mark.parametrize("fractions", [[0.2], [0.5, 1.0], [0.02, 0.05, 0.2, 1.0]])
+def test_label_efficiency_y_axis_from_zero_above_every_error_bar(fractions):
+    df = efficiency_df(fractions)
+    ax = report.plot_label_efficiency(df).axes[0]
+    tops = [m + h for (_, _, _), g in df.groupby(["scenario", "method", "label_fraction"])
+            for m, h in [report.stats.mean_ci(g["mae"].to_numpy(float))]]
+    assert ylim_covers_error_bars(ax, tops)
+
+
+# --------------------------------------------------------------------------- metrics.json written by the experiment
+def test_unlearned_key_in_metrics_is_read_and_the_report_check_rules(tmp_path):
+    const = (20.0, 10.0, 10.0)
+    bad, good = errors(17.0, 3.0, 3.0, constant=const), errors(5.0, 3.0, 3.0, constant=const)
+    # the experiment's own list; here deliberately wrong for "says_clean": the report's check decides
+    write_run(tmp_path, "flat", scenario="baseline", method="none", seed=0,
+              metrics={**bad, "unlearned": unlearned_keys(bad)})
+    write_run(tmp_path, "says_clean", scenario="baseline", method="none", seed=1, metrics={**bad, "unlearned": []})
+    write_run(tmp_path, "several", scenario="baseline", method="none", seed=2,
+              per_set={"aflw2000": {**good, "unlearned": unlearned_keys(good)},
+                       "biwi": {**bad, "unlearned": unlearned_keys(bad)}})
+    assert unlearned_keys(bad) == ["yaw"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is left out or unreadable
+        df = report.collect(tmp_path)
+    got = {(r.run, r.test_set): r.unlearned for r in df.itertuples()}
+    assert got == {("flat", "synthetic"): True, ("says_clean", "synthetic"): True,
+                   ("several", "aflw2000"): False, ("several", "biwi"): True}
+    assert "unlearned" in report.RESULT_COLUMNS and df["unlearned"].dtype == bool

@@ -9,7 +9,7 @@ import pytest
 from hpelib.io import read_json
 from hpelib.metrics import angle_errors
 from hpelib.runs import (PREDICTION_COLUMNS, RunFolder, RunRecord, init_label, method_label, metric_blocks,
-                         metrics_document, predictions_frame, pretrain_run_id, run_id, with_errors)
+                         metrics_document, predictions_frame, pretrain_run_id, run_id, unlearned_keys, with_errors)
 
 
 def poses(n=6, unlabeled=(), seed=0):
@@ -108,3 +108,11 @@ def test_with_errors_computes_missing_error_columns():
     assert again["mae_err"].tolist() == pytest.approx([2 / 3, 0.0])
     with pytest.raises(ValueError, match="yaw_pred"):
         with_errors(bare.drop(columns="yaw_pred"))
+
+
+def test_unlearned_keys_apply_the_one_rule():
+    block = {"yaw": 8.0, "pitch": 9.0, "roll": 3.0, "mae": 6.7, "constant_yaw": 20.0, "constant_pitch": 10.0,
+             "constant_roll": 10.0, "constant_mae": 13.3}
+    assert unlearned_keys(block) == ["pitch"]  # 9.0 >= 0.8 x 10.0; the others are clearly below
+    assert unlearned_keys({"yaw": 8.0, "mae": 6.0}) == []  # no constant predictor's errors: not checked
+    assert unlearned_keys({**block, "pitch": 7.9}) == []

@@ -223,7 +223,21 @@ def test_dry_run_and_only(tiny):
     (("label_fractions: [0.5]", "label_fractions: [50]"), "label fraction must be a number in (0, 1]"),
     (("  test: {syn: {name: synthetic, n: 4, seed: 9}}", "  test: {name: synthetic}"), "data.test must map"),
     (("name: tiny", "name: tiny\nkfold: {k: 1}"), "kfold.k must be an integer >= 2"),
-    (("jigsaw: {unshuffled_fraction: 0.5}", "jigsaw: {tiles: 2}"), "methods.jigsaw: unknown key(s) ['tiles']"),
+    (("jigsaw: {unshuffled_fraction: 0.5}", "jigsaw: {tiles: 2}"),
+     "methods.jigsaw: SSL task 'jigsaw': unknown option(s) ['tiles']"),
+    # values, not only keys (issue 9): each is caught before anything runs, naming its key
+    (("train: {epochs: 1, lr: 0.01}", "train: {epochs: ten, lr: 0.01}"), "train: epochs: expected an integer, got 'ten'"),
+    (("train: {epochs: 1, lr: 0.01}", "train: {epochs: -1, lr: 0.01}"), "train: epochs must be an integer >= 1, got -1"),
+    (("rotation: {weight: 0.5}", "rotation: {weight: high}"), "methods.rotation: weight: expected a number, got 'high'"),
+    (("image_size: 16", "image_size: 32px"), "image_size: expected an integer, got '32px'"),
+    (("model: {backbone: resnet18-narrow}", "model: {backbone: resnet19}"),
+     "model: unknown backbone 'resnet19'; valid names: ['resnet50', 'resnet18', 'resnet18-narrow']"),
+    (("aux: {jigsaw: 0.25}", "aux: {jigsaw: much}"), "the weight of aux method 'jigsaw': expected a number, got 'much'"),
+    (("  train: {name: synthetic, n: 8}", "  train: {name: aflw2000, root: /nonexistent/aflw}"),
+     "data.train: data folder /nonexistent/aflw does not exist"),
+    (("  train: {name: synthetic, n: 8}", "  train: {name: synthetic, n: 8, box: 3}"),
+     "data.train: unknown key(s) ['box']"),
+    (("  train: {name: synthetic, n: 8}", "  train: {name: celeba}"), "data.train: unknown data set 'celeba'"),
     (("train: {epochs: 1, lr: 0.01}", "train: {epochs: 1, lr: 0.01, epoch: 3}"), "train: unknown key(s) ['epoch']"),
     (("model: {backbone: resnet18-narrow}", "model: {backbone: resnet18-narrow, head: binned}"),
      "model: unknown key(s) ['head']"),
@@ -236,12 +250,51 @@ def test_invalid_study_files(tiny, edit, message):
     assert st.main([str(tiny["yaml"]), "--dry-run"]) == 2
 
 
+def test_yaml_ambiguous_values_are_what_the_user_meant(tiny):
+    """YAML reads 1e-3 as a string; the study reads it as the number the user wrote."""
+    tiny["yaml"].write_text(tiny["yaml"].read_text().replace("train: {epochs: 1, lr: 0.01}",
+                                                             "train: {epochs: '2', lr: 1e-3}"))
+    study = st.load_study(tiny["yaml"])
+    assert study["train"] == {"epochs": 2, "lr": 0.001}
+    run = next(r for r in st.expand(study, tiny["out"]) if r.kind == "train")
+    assert run.spec.train.lr == 0.001 and run.spec.train.epochs == 2
+
+
+def test_every_problem_of_a_study_is_reported_at_once(tiny, capsys):
+    text = tiny["yaml"].read_text()
+    for old, new in (("train: {epochs: 1, lr: 0.01}", "train: {epochs: ten, lr: fast}"),
+                     ("rotation: {weight: 0.5}", "rotation: {weight: high}"),
+                     ("model: {backbone: resnet18-narrow}", "model: {backbone: resnet19}"),
+                     ("  train: {name: synthetic, n: 8}", "  train: {name: aflw2000, root: /nonexistent/aflw}")):
+        text = text.replace(old, new)
+    tiny["yaml"].write_text(text)
+    assert st.main([str(tiny["yaml"]), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tiny['yaml']}: 5 problems:" in err
+    for part in ("train: epochs: expected an integer, got 'ten'", "train: lr: expected a number, got 'fast'",
+                 "methods.rotation: weight: expected a number", "model: unknown backbone 'resnet19'",
+                 "data.train: data folder /nonexistent/aflw does not exist"):
+        assert part in err, part
+    assert not tiny["out"].exists()
+
+
+def test_combinations_are_checked_when_runs_are_planned(tiny, capsys):
+    """Settings valid alone but not together (jigsaw tiles of 2 px) fail the dry run, naming the runs."""
+    tiny["yaml"].write_text(tiny["yaml"].read_text().replace("image_size: 16", "image_size: 8"))
+    assert st.main([str(tiny["yaml"]), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "jigsaw: at image_size 8 the 3x3 tiles are 2 px, too small to be a puzzle" in err
+    assert "pretrain/jigsaw_s0" in err
+
+
 def test_env_substitution_and_kfold(tiny, monkeypatch):
     monkeypatch.setenv("TINY_DATA", "/data/x")
     text = tiny["yaml"].read_text().replace("train: {name: synthetic, n: 8}",
                                             "train: {name: folder, root: '${TINY_DATA}/crops'}")
     tiny["yaml"].write_text(text + "kfold: {k: 3, seed: 7}\n")
-    runs = st.expand(st.load_study(tiny["yaml"]), tiny["out"])
+    with pytest.raises(st.StudyError, match="data folder /data/x/crops does not exist"):
+        st.load_study(tiny["yaml"])
+    runs = st.expand(st.load_study(tiny["yaml"], check_roots=False), tiny["out"])
     base = [r for r in runs if r.run_id.startswith("baseline/")]
     assert [r.run_id for r in base] == [f"baseline/none/lf0.5_s0/.folds/f{i}" for i in range(3)]
     assert {r.group for r in base} == {"baseline/none/lf0.5_s0"}
@@ -254,14 +307,21 @@ def test_env_substitution_and_kfold(tiny, monkeypatch):
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.name)
-def test_repository_studies_expand(path, tmp_path):
-    study = st.load_study(path)
+def test_repository_studies_expand(path, tmp_path, capsys):
+    study = st.load_study(path, check_roots=False)
     runs = st.expand(study, tmp_path)
     assert runs and all(r.notebook.is_file() for r in runs)
     ids = [r.run_id for r in runs]
     assert len(set(ids)) == len(ids)
     assert all(ids.index(d) < ids.index(r.run_id) for r in runs for d in r.deps)
-    assert st.main([str(path), "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    roots = [s["root"] for s in [study["data"]["train"], *study["data"]["test"].values(), study["data"].get("pretrain")]
+             if s and s.get("root") and s["name"] != "synthetic"]
+    missing = [r for r in roots if not Path(r).exists()]
+    # the dry run checks the data folders: it passes where the data are, and names the missing ones elsewhere
+    assert st.main([str(path), "--dry-run", "--out", str(tmp_path / "o")]) == (2 if missing else 0)
+    err = capsys.readouterr().err
+    for root in missing:
+        assert f"data folder {root} does not exist" in err
 
 
 def test_kfold_runs_are_pooled(tiny):
@@ -370,3 +430,129 @@ def test_scheduler_order_slots_gpus_and_blocked_runs(tiny, jobs):
     assert skipped == [("pretrain/jigsaw/lf0.5_s0", ["pretrain/jigsaw_s0"])]
     assert status["combined/rotation+jigsaw/lf0.5_s0"]["status"] == "done"
     assert len(status) == len(runs)
+
+
+def test_planning_problems_are_listed_once_each_with_their_runs(tiny, capsys):
+    text = tiny["yaml"].read_text().replace("image_size: 16", "image_size: 8")
+    tiny["yaml"].write_text(text.replace("train: {epochs: 1, lr: 0.01}", "train: {epochs: 2, lr: 0.01, warmup_epochs: 5}"))
+    assert st.main([str(tiny["yaml"]), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "2 problems when planning the runs" in err
+    assert err.count("3x3 tiles are 2 px") == 1 and "warmup_epochs must be smaller than epochs (2)" in err
+    assert "(run baseline/none/lf0.5_s0 and 3 more)" in err  # every fine-tune has the warm-up problem
+
+
+def _baseline_only(tiny):
+    text = tiny["yaml"].read_text().replace("  pretrain: [{pretrain: rotation}, {pretrain: jigsaw}]\n", "")
+    tiny["yaml"].write_text(text.replace("  combined: [{pretrain: rotation, aux: {jigsaw: 0.25}}]\n", ""))
+
+
+def test_a_second_runner_on_the_same_results_folder_is_refused(tiny):
+    import socket
+    import subprocess
+    import sys
+
+    _baseline_only(tiny)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from hpelib.study.lock import StudyLock; "
+                               "lock = StudyLock(sys.argv[1], 'other.yaml').__enter__(); print('ready', flush=True); "
+                               "time.sleep(60)", str(tiny["out"])],
+        stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        with pytest.raises(st.StudyError) as e:
+            st.run_study(tiny["yaml"], tiny["out"])
+        assert f"is in use by another study runner: pid {holder.pid} on {socket.gethostname()}" in str(e.value)
+        assert "(study other.yaml)" in str(e.value) and "another --out" in str(e.value)
+        assert tiny["log"].read_text() == ""  # nothing ran
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = []  # the holder is gone: its lock is stale and taken over
+    assert st.run_study(tiny["yaml"], tiny["out"], echo=lines.append) == 0
+    assert any(f"taking over {tiny['out'].resolve()} from a runner that is no longer running (pid {holder.pid}" in l
+               for l in lines)
+
+
+def test_jobs_must_be_a_positive_integer(tiny, capsys):
+    for bad in ("0", "-3", "two"):
+        with pytest.raises(SystemExit) as e:
+            st.main([str(tiny["yaml"]), "--jobs", bad])
+        assert e.value.code == 2 and "--jobs: must be an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(st.StudyError, match="--jobs must be an integer >= 1, got 0"):
+        st.run_study(tiny["yaml"], tiny["out"], jobs=0)
+
+
+def test_ctrl_c_gives_one_line_and_keeps_what_is_done(tiny, monkeypatch):
+    from hpelib.study import runner
+
+    _baseline_only(tiny)
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0
+    tiny["yaml"].write_text(tiny["yaml"].read_text().replace("seeds: [0]", "seeds: [0, 1]"))
+
+    def interrupted(self, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.Scheduler, "run", interrupted)
+    lines = []
+    assert st.run_study(tiny["yaml"], tiny["out"], echo=lines.append) == 130
+    assert lines == ["interrupted: 1 of 2 runs complete (kept); the running ones were stopped and keep their last "
+                     "finished epoch; run the same command again to continue"]
+    summary = json.loads((tiny["out"] / "study_summary.json").read_text())["runs"]
+    assert summary["baseline/none/lf0.5_s1"]["status"] == "not run (interrupted)"
+    assert (tiny["out"] / "baseline/none/lf0.5_s0/metrics.json").is_file()
+
+
+def test_a_resumed_run_is_announced_and_epochs_show_in_the_progress(tiny, capfd):
+    from hpelib.study.runner import _EpochProgress
+
+    _baseline_only(tiny)
+    tiny["yaml"].write_text(tiny["yaml"].read_text().replace("train: {epochs: 1, lr: 0.01}",
+                                                             "train: {epochs: 3, lr: 0.01}"))
+    (run,) = st.expand(st.load_study(tiny["yaml"]), tiny["out"])
+    folder = run.folder(tiny["out"])
+    from hpelib.study.execute import prepare_folder
+
+    prepare_folder(run, tiny["out"])  # an interrupted run: unchanged parameters, 2 of 3 epochs done
+    (folder / "checkpoint.pt").write_text("state")
+    (folder / "history.json").write_text(json.dumps({"epochs": [{"epoch": 1}, {"epoch": 2}]}))
+    (folder / "train.log").write_text("epoch 1/3: loss 2.1\nepoch 2/3: loss 1.7\n")
+    assert _EpochProgress(tiny["out"]).describe([run]) == "baseline/none/lf0.5_s0 epoch 2/3"
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0
+    assert "RESUME baseline/none/lf0.5_s0: from epoch 2/3 (its checkpoint.pt)" in capfd.readouterr().out
+
+
+def test_an_unlearned_run_gets_a_line(tmp_path):
+    from hpelib.runs import RunFolder, RunRecord
+    from hpelib.study.runner import _warn_unlearned
+
+    folder = RunFolder(tmp_path / "baseline/none/lf1_s0")
+    folder.write_config(RunRecord(test_set="syn"))
+    folder.write_metrics({"syn": {"yaw": 30.0, "mae": 20.0, "constant_yaw": 31.0, "constant_mae": 40.0}})
+    run = type("R", (), {"kind": "train", "run_id": "baseline/none/lf1_s0",
+                         "folder": lambda self, out: tmp_path / "baseline/none/lf1_s0"})()
+    lines = []
+    _warn_unlearned(run, tmp_path, lines.append)
+    assert lines == ["UNLEARNED baseline/none/lf1_s0 [syn]: error not below 0.8 x the constant predictor's "
+                     "(yaw 30.0 vs 31.0); marked in metrics.json and the report"]
+
+
+def test_the_report_covers_the_runs_of_this_study_only(tiny, monkeypatch):
+    import hpelib.report
+
+    _baseline_only(tiny)
+    tiny["yaml"].write_text(tiny["yaml"].read_text().replace("report: false", "report: true"))
+    calls = []
+    monkeypatch.setattr(hpelib.report, "build_report", lambda *a, **k: calls.append((a, k)))
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0
+    assert calls and calls[0][1]["runs"] == ["baseline/none/lf0.5_s0"]
+    # a run whose folder holds results made with other settings is never reported, and that is said
+    tiny["yaml"].write_text(tiny["yaml"].read_text().replace("seeds: [0]", "seeds: [0, 1]"))
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0
+    tiny["yaml"].write_text(tiny["yaml"].read_text().replace("lr: 0.01", "lr: 0.02"))
+    calls.clear()
+    lines = []
+    assert st.run_study(tiny["yaml"], tiny["out"], only=["baseline/none/lf0.5_s0"], echo=lines.append) == 0
+    assert calls[0][1]["runs"] == ["baseline/none/lf0.5_s0"]
+    assert any(l.startswith("left out of the report: 1 run(s) whose results were made with other settings")
+               and l.endswith("baseline/none/lf0.5_s1") for l in lines), lines

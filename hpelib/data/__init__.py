@@ -33,7 +33,9 @@ A loader is called as ``loader(root, preset, *, split, seed, cache_dir,
 **options)`` and returns a :class:`PoseDataset`; its other keyword
 parameters are its options. ``build_dataset`` makes ``preset`` from
 ``image_size``, ``train`` and the :data:`PRESET_OPTIONS`; a loader may set an
-attribute ``preset_defaults`` (a dict) to change their defaults.
+attribute ``preset_defaults`` (a dict) to change their defaults, and
+``creates_root = True`` when it makes its data itself (a study then does not
+require its root to exist beforehand).
 """
 from __future__ import annotations
 
@@ -153,3 +155,4 @@ def load_synthetic(root, preset, *, split="train", seed=0, cache_dir=None, cache
 
 
 load_synthetic.preset_defaults = {"crop_fraction": 1.0}  # rendered images are already face crops
+load_synthetic.creates_root = True  # generated on first use: its root need not exist beforehand

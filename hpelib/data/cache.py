@@ -14,9 +14,12 @@ Sizes: ``B`` is the image size for evaluation sets and ``cache_resolution``
 29 GB at ``image_size=224`` (``B=280``).
 
 The file is written once, completely, under a temporary name and renamed
-into place (:func:`hpelib.io.atomic_write`): an interrupted build leaves no
-cache; processes that need the same file at once (DDP ranks, parallel runs
-of a study) take a file lock beside it, so one decodes and the others wait.
+into place (:func:`hpelib.io.atomic_write`, with the mode the umask gives,
+so other users of a shared ``/tmp`` cache can read it): an interrupted build
+leaves no cache, and too little free space is an error (``DiskFullError``)
+before decoding starts; processes that need the same file at once (DDP
+ranks, parallel runs of a study) take a file lock beside it, so one decodes
+and the others wait.
 It is then opened read-only with ``mmap_mode="r"``, lazily in each
 DataLoader worker.
 """
@@ -29,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from ..io import atomic_write, file_lock, write_json
+from ..io import atomic_write, ensure_free_space, file_lock, write_json
 
 __all__ = ["CropCache"]
 
@@ -95,6 +98,7 @@ class CropCache:
             out.flush()
             del out
 
+        ensure_free_space(self.path, int(np.prod(self.shape)))  # checked first: a memory map cannot report it
         atomic_write(self.path, write)
         write_json(self.path.with_suffix(".json"), {"file": self.path.name, "shape": list(self.shape),
                                                    "key": self.key, "dataset": getattr(dataset, "dataset_id", "")})

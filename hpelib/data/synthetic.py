@@ -86,7 +86,7 @@ from pathlib import Path
 import numpy as np
 
 from hpelib.angles import euler_to_matrix, head_rotation
-from hpelib.io import atomic_write, file_lock
+from hpelib.io import atomic_write, ensure_free_space, file_lock
 
 __all__ = [
     "RENDERER_VERSION",
@@ -625,6 +625,7 @@ def _render_set(n, size, seed, batch_size, supersample, progress, img_path, pose
         with open(tmp, "wb") as f:
             np.save(f, poses)
 
+    ensure_free_space(img_path, n * size * size * 3 + poses.nbytes)  # a memory map cannot report a full disk
     atomic_write(pose_path, write_poses)
     atomic_write(img_path, write_images)
     return np.load(img_path, mmap_mode="r"), np.load(pose_path)

@@ -15,6 +15,12 @@ The config file (JSON, or YAML when it ends in .yaml/.yml) holds::
 
 ``evaluate`` reads the model from ``--checkpoint`` (default: ``out_dir``).
 
+Errors: bad input (a malformed config file, with its line and column; bad
+data; an unreadable checkpoint) prints one ``error:`` line and exits with
+status 2, a full disk likewise with status 1. Ctrl-C during ``train`` /
+``pretrain`` prints one line saying which epoch's checkpoint is kept and exits
+with status 130; the same command resumes from it.
+
 Files: the engine writes ``checkpoint.pt``, ``history.json`` and ``model.pt``;
 this command adds, through :class:`hpelib.runs.RunFolder`, ``metrics.json``
 (the training summary -- ``kind``, ``epochs``, ``train_time_s``,
@@ -27,6 +33,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 _KEYS = ("out_dir", "model", "train", "train_data", "val_data", "test_data", "eval_batch_size")
@@ -35,6 +42,7 @@ _TRAINING_KEYS = ("train_", "val_", "epochs", "kind")
 
 
 def load_run_config(path) -> dict:
+    """The run config in ``path`` (JSON, or YAML for .yaml/.yml), its keys checked; ``ValueError`` when malformed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
@@ -42,15 +50,35 @@ def load_run_config(path) -> dict:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        cfg = yaml.safe_load(text)
+        try:
+            cfg = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise _syntax_error(path, "YAML", mark and (mark.line + 1, mark.column + 1), problem) from None
     else:
-        cfg = json.loads(text)
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: the config must be a mapping with keys {list(_KEYS)}")
-    unknown = sorted(set(cfg) - set(_KEYS))
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys are {list(_KEYS)}")
+        try:
+            cfg = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise _syntax_error(path, "JSON", (err.lineno, err.colno), err.msg) from None
+    from hpelib.models import ModelConfig
+    from hpelib.registry import check_keys
+
+    from .config import TrainConfig
+
+    check_keys(cfg, _KEYS, str(path))
+    try:  # the checks of notebooks and studies, before anything is built
+        cfg["model"] = ModelConfig.from_dict(cfg.get("model") or {}).to_dict()
+        cfg["train"] = TrainConfig.from_dict(cfg.get("train") or {}).to_dict()
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     return cfg
+
+
+def _syntax_error(path: Path, language: str, where, problem: str) -> ValueError:
+    """``config file <path> is not valid <language>: line L, column C: <problem> (...)``; ``where`` may be None."""
+    at = f"line {where[0]}, column {where[1]}: " if where else ""
+    return ValueError(f"config file {path} is not valid {language}: {at}{problem} (correct the file there)")
 
 
 def _dataset(spec: dict | None, what: str, required: bool):
@@ -64,12 +92,21 @@ def _dataset(spec: dict | None, what: str, required: bool):
 
 
 def main(argv=None) -> int:
-    """Run the command; bad input (config, data, checkpoint) exits with status 2 and a one-line error."""
+    """Run the command; bad input (config, data, checkpoint) exits with status 2 and a one-line error.
+
+    A full disk exits with status 1 and a one-line error, Ctrl-C during
+    training with status 130 (see :func:`_interrupted`).
+    """
+    from hpelib.io import DiskFullError
+
     try:
         return _main(argv)
     except (ValueError, FileNotFoundError) as err:  # DataError is a ValueError
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DiskFullError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 def _main(argv=None) -> int:
@@ -101,22 +138,58 @@ def _main(argv=None) -> int:
             print(json.dumps(evaluation.metrics, indent=2))
         return 0
 
-    train_set = _dataset(cfg.get("train_data"), "train_data", True)
-    if args.command == "pretrain":
-        result = pretrain(cfg.get("model") or {}, train_set, cfg.get("train") or {}, out_dir, resume=not args.restart)
-    else:
-        val_set = _dataset(cfg.get("val_data"), "val_data", False)
-        result = train(cfg.get("model") or {}, train_set, val_set, cfg.get("train") or {}, out_dir,
-                       resume=not args.restart)
-    if not rank0:
-        return 0
-    evaluation = None
-    if args.command == "train" and test_spec is not None:
-        evaluation = evaluate(out_dir, _dataset(test_spec, "test_data", True), batch_size=eval_bs)
-        result["test"] = evaluation.metrics
+    started = time.time()
+    try:
+        train_set = _dataset(cfg.get("train_data"), "train_data", True)
+        if args.command == "pretrain":
+            result = pretrain(cfg.get("model") or {}, train_set, cfg.get("train") or {}, out_dir,
+                              resume=not args.restart)
+        else:
+            val_set = _dataset(cfg.get("val_data"), "val_data", False)
+            result = train(cfg.get("model") or {}, train_set, val_set, cfg.get("train") or {}, out_dir,
+                           resume=not args.restart)
+        if not rank0:
+            return 0
+        evaluation = None
+        if args.command == "train" and test_spec is not None:
+            evaluation = evaluate(out_dir, _dataset(test_spec, "test_data", True), batch_size=eval_bs)
+            result["test"] = evaluation.metrics
+    except KeyboardInterrupt:
+        if rank0:
+            print(_interrupted(folder, started if args.restart else None), file=sys.stderr)
+        return 130
     _write_results(folder, _training_summary(result), test_spec, evaluation)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def _interrupted(folder, restarted_at) -> str:
+    """The line printed on Ctrl-C: which epoch's checkpoint the run folder keeps and how to go on.
+
+    ``restarted_at``: the time a ``--restart`` command started (an older
+    checkpoint is not this run's), else ``None``.
+    """
+    from hpelib.runs import CHECKPOINT
+
+    path = folder.file(CHECKPOINT)
+    epochs = _checkpoint_epochs(path)
+    if epochs is None or (restarted_at is not None and path.stat().st_mtime < restarted_at):
+        return (f"interrupted before the first epoch finished: nothing is saved in {folder.path}; "
+                "run the same command again to start the run")
+    again = "run the command again without --restart" if restarted_at is not None else "run the same command again"
+    return f"interrupted: the checkpoint after epoch {epochs[0]}/{epochs[1]} is kept in {folder.path}; " \
+           f"{again} to resume from it"
+
+
+def _checkpoint_epochs(path) -> tuple[int, int] | None:
+    """``(finished, planned)`` epochs of the resumable checkpoint at ``path``; ``None`` when there is none."""
+    from hpelib.models.files import read_checkpoint
+
+    try:
+        saved = read_checkpoint(path, mmap=True)  # maps the tensors: quick for any model size
+        return int(saved["epoch"]), int(saved["train_config"]["epochs"])
+    except (ValueError, KeyError, TypeError, OSError):  # absent, unreadable, or not a resumable one
+        return None
 
 
 def _training_summary(result: dict) -> dict:

@@ -16,10 +16,33 @@ from typing import Any, Optional
 import torch
 
 from hpelib.registry import check_keys
+from hpelib.validation import check_fields, field_types, problems_message
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "step", "none")
 AMP_MODES = ("auto", "bf16", "off")
+
+
+_AT_LEAST_1 = (lambda v: v >= 1, "an integer >= 1")
+_FIELD_CHECKS = {
+    "epochs": _AT_LEAST_1,
+    "batch_size": _AT_LEAST_1,
+    "lr": (lambda v: v > 0, "a number > 0"),
+    "weight_decay": (lambda v: v >= 0, "a number >= 0"),
+    "optimizer": (lambda v: v in OPTIMIZERS, f"one of {list(OPTIMIZERS)}"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "schedule": (lambda v: v in SCHEDULES, f"one of {list(SCHEDULES)}"),
+    "step_size": _AT_LEAST_1,
+    "gamma": (lambda v: 0 < v <= 1, "a number in (0, 1]"),
+    "warmup_epochs": (lambda v: v >= 0, "a number >= 0"),
+    "num_workers": (lambda v: v >= 0, "an integer >= 0"),
+    "amp": (lambda v: isinstance(v, bool) or v in AMP_MODES, f"one of {list(AMP_MODES)} (or true/false)"),
+    "channels_last": (lambda v: v in ("auto", True, False), "'auto', true or false"),
+    "log_every": _AT_LEAST_1,
+    "max_steps_per_epoch": _AT_LEAST_1,
+    "grad_clip": (lambda v: v > 0, "null or a number > 0"),
+    "val_every": _AT_LEAST_1,
+}
 
 
 @dataclass
@@ -73,35 +96,30 @@ class TrainConfig:
     RESUME_FREE = ("num_workers", "log_every", "progress", "device", "ddp_find_unused_parameters")
 
     def __post_init__(self):
+        values, problems = self.check_values(dataclasses.asdict(self))
+        for name, value in values.items():
+            setattr(self, name, value)
         if self.amp is True:
             self.amp = "auto"
         elif self.amp is False:
             self.amp = "off"
-        if isinstance(self.channels_last, str) and self.channels_last.lower() in ("true", "false"):
-            self.channels_last = self.channels_last.lower() == "true"
-        checks = [
-            (isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be an integer >= 1"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1, "batch_size must be an integer >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}"),
-            (self.step_size >= 1, "step_size must be >= 1"),
-            (0 < self.gamma <= 1, "gamma must be in (0, 1]"),
-            (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
-             "warmup_epochs must be >= 0 and smaller than epochs"),
-            (self.num_workers >= 0, "num_workers must be >= 0"),
-            (self.amp in AMP_MODES, f"amp must be one of {AMP_MODES} (or True/False)"),
-            (self.channels_last in ("auto", True, False), "channels_last must be 'auto', true or false"),
-            (self.log_every >= 1, "log_every must be >= 1"),
-            (self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1,
-             "max_steps_per_epoch must be None or >= 1"),
-            (self.grad_clip is None or self.grad_clip > 0, "grad_clip must be None or > 0"),
-            (self.val_every >= 1, "val_every must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"TrainConfig: {message}")
+        if not problems and not (0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0):
+            problems.append(f"warmup_epochs must be smaller than epochs ({self.epochs}), got {self.warmup_epochs!r}")
+        if problems:
+            raise ValueError(problems_message("TrainConfig", problems))
+
+    @classmethod
+    def check_values(cls, values: dict) -> tuple[dict, list[str]]:
+        """Coerce the given settings to their types and check each alone: ``(values, problems)``.
+
+        Serves a partial block too (one variant's ``train`` settings in a study
+        file); the check across fields (warm-up shorter than the run) needs the
+        whole config and is made when it is built.
+        """
+        values = dict(values)
+        if isinstance(values.get("channels_last"), str) and values["channels_last"].lower() in ("true", "false"):
+            values["channels_last"] = values["channels_last"].lower() == "true"
+        return check_fields(field_types(cls), values, _FIELD_CHECKS)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "TrainConfig":

@@ -12,7 +12,14 @@ Files written into ``out_dir`` (rank 0 only; names from :mod:`hpelib.runs`):
   returns its stored result (the checkpoint's ``result``) without training again;
 * ``history.json``: configs plus one record per epoch (``loss`` means, ``lr``,
   ``time_s``, ``images_per_s``, ``val`` metrics when validated);
+* ``train.log``: one line per event, appended and flushed at once whether or
+  not ``progress`` is on: ``epoch k/N: loss ...`` per finished epoch (losses,
+  lr, images/s, seconds, validation), ``resumed from epoch k/N (checkpoint.pt)``
+  and ``finished: N epochs in S s``;
 * at the end, ``model.pt`` (final weights + ``model_config``).
+
+A ``checkpoint.pt`` that cannot be resumed from (damaged, or not a resumable
+checkpoint) is an error that says how to start the run over.
 
 ``metrics.json`` is not written here: the caller (the engine CLI, an
 experiment) writes the run folder's metrics through :class:`hpelib.runs.RunFolder`.
@@ -35,7 +42,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..io import write_json
-from ..runs import CHECKPOINT, HISTORY, MODEL
+from ..models.files import UnreadableCheckpoint
+from ..runs import CHECKPOINT, HISTORY, LOG, MODEL
 from . import checkpoint as C
 from . import distributed as D
 from .config import TrainConfig, build_optimizer, build_scheduler
@@ -43,6 +51,8 @@ from .data import derive_seed, seed_everything, steps_per_epoch, train_loader, v
 from .evaluate import predict_dataset, summarize_predictions
 
 EpochCallback = Callable[[dict], None]
+#: what ``checkpoint.pt`` holds besides the model, needed to resume
+_RESUMABLE = ("epoch", "optimizer", "scheduler", "history", "rng")
 
 
 def train(model_cfg, train_set, val_set, train_cfg, out_dir, *, resume: bool = True,
@@ -150,11 +160,13 @@ def _execute(job: _Job, info: D.DistInfo, device: torch.device) -> dict:
     """Resume or start the job, train the missing epochs and save the final files; returns the result."""
     saved = None
     if job.resume and job.checkpoint.is_file():
-        saved = C.read_checkpoint(job.checkpoint)
+        saved = _read_resumable(job)
         _check_same_run(job, saved)
         if saved.get("result") is not None:
             return dict(saved["result"])
     fit = _start(job, info, device, saved)
+    if saved is not None and info.is_main:
+        _append_log(job, f"resumed from epoch {fit.start_epoch}/{job.cfg.epochs} ({CHECKPOINT})")
     for epoch in range(fit.start_epoch, job.cfg.epochs):
         _run_epoch(fit, epoch)
         if job.on_epoch_end is not None:
@@ -163,6 +175,23 @@ def _execute(job: _Job, info: D.DistInfo, device: torch.device) -> dict:
             return {"kind": job.kind, "epochs": epoch + 1, "finished": False, "out_dir": str(job.out_dir),
                     "train_time_s": sum(h["time_s"] for h in fit.history)}
     return _finish(fit)
+
+
+def _read_resumable(job: _Job) -> dict:
+    """The run's ``checkpoint.pt``; one that cannot be resumed from is an error saying how to start over."""
+    try:
+        saved = C.read_checkpoint(job.checkpoint)
+    except UnreadableCheckpoint as err:
+        problem = err.problem
+    else:
+        missing = [k for k in _RESUMABLE if k not in saved]
+        if not missing:
+            return saved
+        problem = f"has no resumable state (no {', '.join(missing)}: a {MODEL}?)"
+    raise ValueError(
+        f"the run's resumable state in {job.out_dir} is unreadable: {job.checkpoint} {problem}; "
+        f"delete {job.checkpoint} to start the run over (or pass resume=False, --restart on the engine CLI; "
+        "in a study, run the study again with --force --only <run id>).") from None
 
 
 def _start(job: _Job, info: D.DistInfo, device: torch.device, saved: Optional[dict]) -> _Fit:
@@ -204,7 +233,7 @@ def _run_epoch(fit: _Fit, epoch: int) -> None:
     if info.is_main:
         C.save(_state(fit, epoch + 1), job.checkpoint)
         write_json(job.out_dir / HISTORY, _history_doc(fit))
-        _log_epoch(job.kind, record, job.cfg)
+        _log_epoch(job, record)
     D.barrier(info)
 
 
@@ -300,6 +329,7 @@ def _finish(fit: _Fit) -> dict:
         final = _state(fit, job.cfg.epochs)
         final["result"] = result
         C.save(final, job.checkpoint)
+        _append_log(job, f"finished: {job.cfg.epochs} epochs in {result['train_time_s']:.1f} s")
     return result
 
 
@@ -383,11 +413,27 @@ def _result(fit: _Fit) -> dict:
     }
 
 
-def _log_epoch(kind, record, cfg) -> None:
-    if not cfg.progress:
-        return
-    msg = f"{kind} epoch {record['epoch']}/{cfg.epochs}: loss {record['loss']['total']:.4f}, " \
-          f"lr {record['lr']:.3g}, {record['images_per_s']:.1f} img/s, {record['time_s']:.1f}s"
+def _log_epoch(job: _Job, record: dict) -> None:
+    """Append the epoch's line to ``train.log`` and, when ``progress`` is on, print it."""
+    line = _epoch_line(record, job.cfg.epochs)
+    _append_log(job, line)
+    if job.cfg.progress:
+        tqdm.write(f"{job.kind} {line}")
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    """``epoch k/N: loss T (part a, ...), lr L, R img/s, S s[, val MAE m geodesic g]``: one finished epoch."""
+    loss = record["loss"]
+    parts = ", ".join(f"{k} {v:.4f}" for k, v in loss.items() if k != "total")
+    line = f"epoch {record['epoch']}/{epochs}: loss {loss['total']:.4f}" + (f" ({parts})" if parts else "")
+    line += f", lr {record['lr']:.3g}, {record['images_per_s']:.1f} img/s, {record['time_s']:.1f} s"
     if record.get("val"):
-        msg += f", val MAE {record['val']['mae']:.2f} geodesic {record['val']['geodesic']:.2f}"
-    tqdm.write(msg)
+        line += f", val MAE {record['val']['mae']:.2f} geodesic {record['val']['geodesic']:.2f}"
+    return line
+
+
+def _append_log(job: _Job, line: str) -> None:
+    """Append ``line`` to the run's ``train.log`` (opened per line: on disk at once, kept when a run dies)."""
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    with open(job.out_dir / LOG, "a") as f:
+        f.write(line + "\n")

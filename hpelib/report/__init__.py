@@ -10,10 +10,14 @@ gives one block of errors per test set (:func:`~hpelib.runs.metric_blocks`),
 (:meth:`~hpelib.runs.RunFolder.read_predictions`).
 
 A folder is a *run* when it holds ``config.json``; it is *complete* when it
-also holds a ``metrics.json`` whose blocks have the keys :data:`METRIC_KEYS`.
-Incomplete runs (crashed, still running) are skipped with one warning that
-lists them; SSL pre-training runs (``kind`` ``pretrain``) are skipped
-silently: they have no pose metrics. Each complete run gives one row per test
+also holds a ``metrics.json`` whose blocks have the keys :data:`METRIC_KEYS`
+and, where the study runner wrote its files, no ``FAILED`` marker and a
+``study_run.json`` that says ``"complete": true``. Incomplete runs (crashed,
+failed, started again and still running) and, when the caller names the runs
+of its study (``runs=``), every other folder are left out: one warning and the
+"Runs left out" section of ``warnings.md`` list them with the reason. SSL
+pre-training runs (``kind`` ``pretrain``) are skipped silently: they have no
+pose metrics. Each complete run gives one row per test
 set of :func:`collect`, with the labels of ``config.json`` (``method`` is
 :attr:`RunRecord.label <hpelib.runs.RunRecord.label>`; ``label_fraction``
 absent = all labels = 1.0), its errors and the constant predictor's

@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from ..io import atomic_write, write_text
 from ..runs import CONFIG, METRICS
 from .checks import UNLEARNED_RATIO, study_warnings, warnings_markdown
-from .collect import collect, collect_predictions, write_results_table
+from .collect import collect_predictions, collect_with_left_out, write_results_table
 from .figures import (budget_series, plot_error_by_method, plot_error_vs_angle, plot_label_efficiency,
                       plot_pretrain_budget, save_figure)
 from .stats import paired_tests, paired_tests_markdown
@@ -23,24 +23,31 @@ def _first(lines: list[str], k: int = 3) -> str:
 
 
 def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, baseline: str = "baseline",
-                 baseline_init: str | None = None, angles: Sequence[str] = ("yaw", "pitch")) -> dict[str, Path]:
+                 baseline_init: str | None = None, angles: Sequence[str] = ("yaw", "pitch"),
+                 runs: Iterable | None = None) -> dict[str, Path]:
     """Write every table and figure of a study into ``out_dir``; returns ``{name: path}``.
 
-    Files: ``results.csv``, ``warnings.md`` (always: the :func:`study_warnings`,
-    "none" when clean), ``error_table.md``, ``error_table.tex``,
+    ``runs``: the run ids (folders relative to ``results_dir``) to report, e.g.
+    those of one study; None: every run folder under ``results_dir``.
+
+    Files: ``results.csv``, ``warnings.md`` (always: the runs left out with
+    the reason, see :func:`collect`, and the :func:`study_warnings`; "none"
+    when clean), ``error_table.md``, ``error_table.tex``,
     ``paired_tests.csv``, ``paired_tests.md``, ``error_by_method.png/.pdf``,
     ``label_efficiency.png/.pdf``, ``pretrain_budget.png/.pdf`` when a
     pre-training method was run with several budgets and, when runs saved
-    predictions, ``error_vs_<angle>.png/.pdf``. Unlearned runs and error-table rows that mix
-    training settings also raise a ``UserWarning`` each. Raises ``ValueError``
-    when ``results_dir`` holds no complete run.
+    predictions, ``error_vs_<angle>.png/.pdf``. The runs left out, unlearned
+    runs and error-table rows that mix training settings also raise a
+    ``UserWarning`` each. Raises ``ValueError`` when ``results_dir`` holds no
+    complete run (of ``runs``).
     """
     out = Path(out_dir)
-    df = collect(results_dir)
+    runs = None if runs is None else list(runs)  # read twice: by the tables and by the predictions
+    df, left_out = collect_with_left_out(results_dir, runs, stacklevel=3)
     if df.empty:
         raise ValueError(f"no complete runs ({CONFIG} + {METRICS}) under {results_dir}")
     paths: dict[str, Path] = {"results_csv": write_results_table(df, out / "results.csv")}
-    notes = study_warnings(df)
+    notes = dict(study_warnings(df), left_out=left_out)
     paths["warnings_md"] = write_text(out / "warnings.md", warnings_markdown(notes))
     if notes["unlearned"]:
         warnings.warn(f"{len(notes['unlearned'])} result row(s) not clearly below the constant predictor "
@@ -60,7 +67,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, bas
                ("label_efficiency", lambda: plot_label_efficiency(df))]
     if budget_series(df):
         figures.append(("pretrain_budget", lambda: plot_pretrain_budget(df)))
-    preds = collect_predictions(results_dir)
+    preds = collect_predictions(results_dir, runs)
     if not preds.empty:
         figures += [(f"error_vs_{a}", lambda a=a: plot_error_vs_angle(preds, angle=a)) for a in angles]
     for name, make in figures:

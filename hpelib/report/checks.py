@@ -14,7 +14,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ..runs import CONFIG, METRICS, UNLEARNED_CHECKED, UNLEARNED_RATIO, RunFolder, RunRecord, not_below
+from ..runs import (CONFIG, FAILED, METRICS, STUDY_RUN, UNLEARNED_CHECKED, UNLEARNED_RATIO, RunFolder, RunRecord,
+                    not_below)
 from .columns import ROW_KEYS, fmt_key, key_frame
 
 #: train_config fields that do not change the results: left out of the ``settings`` fingerprint
@@ -107,9 +108,16 @@ def study_warnings(df: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def warnings_markdown(notes: dict[str, list[str]]) -> str:
-    """``warnings.md``: the :func:`study_warnings`, ``- none`` under a heading with nothing to report."""
+    """``warnings.md``: the runs left out (``notes["left_out"]``) and the :func:`study_warnings`.
+
+    ``- none`` under a heading with nothing to report.
+    """
     items = lambda lines: [f"- {line}" for line in lines] or ["- none"]  # noqa: E731
-    lines = ["# Report warnings", "", "## Runs that did not learn (marked † in the error tables)", "",
+    lines = ["# Report warnings", "", "## Runs left out", "",
+             f"Run folders in no table or figure: not part of this study, failed (a `{FAILED}` file), started "
+             f"again and not finished (`{STUDY_RUN}` without `\"complete\": true`), or without a complete "
+             f"{CONFIG} + {METRICS}.", "", *items(notes.get("left_out", [])),
+             "", "## Runs that did not learn (marked † in the error tables)", "",
              f"Rows whose yaw, pitch, roll or mean error is >= {UNLEARNED_RATIO:g} x the error of always "
              f"predicting the mean training pose (`constant_*` in {METRICS}): not clearly better than no model.",
              "", *items(notes["unlearned"])]

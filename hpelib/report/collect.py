@@ -8,23 +8,49 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
 
-from ..io import atomic_write
-from ..runs import CONFIG, CONSTANT_KEYS, ERROR_COLUMNS, METRIC_KEYS, METRICS, RunFolder, RunRecord
+from ..io import atomic_write, read_json
+from ..runs import (CONFIG, CONSTANT_KEYS, ERROR_COLUMNS, FAILED, METRIC_KEYS, METRICS, STUDY_RUN, RunFolder,
+                    RunRecord)
 from .checks import settings_fingerprint, training_settings, unlearned_mask
 from .columns import RESULT_COLUMNS, sort_rows
 
 #: the columns of :func:`collect` that :func:`collect_predictions` copies onto each sample
 _PREDICTION_TAGS = ("run", "scenario", "method", "init", "label_fraction", "seed", "backbone")
+#: the files that make a folder a run folder (the study runner's too: a run that failed early is listed)
+_RUN_FILES = (CONFIG, METRICS, STUDY_RUN, FAILED)
 
 
 def _run_dirs(root: Path) -> list[Path]:
-    """Folders under ``root`` holding a ``config.json`` or a ``metrics.json``, hidden ones (``.folds``) left out."""
-    dirs = {p.parent for name in (CONFIG, METRICS) for p in root.rglob(name)}
+    """Folders under ``root`` holding a file of a run (:data:`_RUN_FILES`), hidden ones (``.folds``) left out."""
+    dirs = {p.parent for name in _RUN_FILES for p in root.rglob(name)}
     return sorted(d for d in dirs if not any(part.startswith(".") for part in d.relative_to(root).parts))
+
+
+def _wanted(root: Path, runs: Iterable | None):
+    """``rel -> bool``: whether a folder (posix path relative to ``root``) is one of ``runs`` (None: all are)."""
+    if runs is None:
+        return lambda rel: True
+    ids = {(root / r).resolve().relative_to(root.resolve()).as_posix() for r in runs}
+    return lambda rel: rel in ids
+
+
+def _unfinished(folder: RunFolder) -> str | None:
+    """Why the study runner's files say the run did not finish (None when they do not say so)."""
+    if folder.has(FAILED):
+        return f"{FAILED}: the run failed"
+    if folder.has(STUDY_RUN):
+        try:
+            complete = read_json(folder.file(STUDY_RUN)).get("complete")
+        except (ValueError, OSError, AttributeError) as e:
+            return f"unreadable {STUDY_RUN}: {e}"
+        if complete is not True:
+            return f"{STUDY_RUN} says not complete: started again and not finished"
+    return None
 
 
 def _config_row(rec: RunRecord, run_dir: Path, root: Path) -> dict:
@@ -46,12 +72,15 @@ def _config_row(rec: RunRecord, run_dir: Path, root: Path) -> dict:
     }
 
 
-def _run_rows(folder: RunFolder, root: Path, skipped: list[str]) -> list[dict]:
-    """The rows of one run folder (one per test set); why it has none goes into ``skipped``."""
-    rel = folder.path.relative_to(root).as_posix() or "."
+def _run_rows(folder: RunFolder, rel: str, root: Path, left_out: list[str]) -> list[dict]:
+    """The rows of one run folder ``rel`` (one per test set); why it has none goes into ``left_out``."""
+    unfinished = _unfinished(folder)
+    if unfinished:
+        left_out.append(f"{rel} ({unfinished})")
+        return []
     for name in (CONFIG, METRICS):
         if not folder.has(name):
-            skipped.append(f"{rel} (no {name})")
+            left_out.append(f"{rel} (no {name})")
             return []
     try:
         rec = folder.read_config()
@@ -59,14 +88,14 @@ def _run_rows(folder: RunFolder, root: Path, skipped: list[str]) -> list[dict]:
             return []
         blocks = folder.metric_blocks(rec.test_set)
     except (ValueError, OSError, TypeError) as e:  # JSONDecodeError is a ValueError
-        skipped.append(f"{rel} (unreadable: {e})")
+        left_out.append(f"{rel} (unreadable: {e})")
         return []
     base = _config_row(rec, folder.path, root)
     rows = []
     for test_set, m in blocks:
         missing = [k for k in METRIC_KEYS if m.get(k) is None]
         if missing:
-            skipped.append(f"{rel} [{test_set}] ({METRICS} lacks {', '.join(missing)})")
+            left_out.append(f"{rel} [{test_set}] ({METRICS} lacks {', '.join(missing)})")
             continue
         row = dict(base, test_set=test_set, path=str(folder.path))
         row.update({k: float(m[k]) for k in METRIC_KEYS})
@@ -75,34 +104,50 @@ def _run_rows(folder: RunFolder, root: Path, skipped: list[str]) -> list[dict]:
     return rows
 
 
-def collect(results_dir: str | os.PathLike) -> pd.DataFrame:
-    """One tidy row per complete run and test set, columns :data:`RESULT_COLUMNS`.
-
-    Besides the config and metric keys: the constant predictor's errors
-    (:data:`CONSTANT_KEYS`, NaN when ``metrics.json`` lacks them),
-    ``unlearned`` (see :data:`UNLEARNED_RATIO`) and ``settings`` (8-hex
-    fingerprint of :func:`training_settings`). Runs without ``config.json``,
-    or without a readable ``metrics.json`` holding all of :data:`METRIC_KEYS`,
-    are skipped; one ``UserWarning`` lists them with the reason. Raises
-    ``ValueError`` if ``results_dir`` does not exist.
-    """
+def collect_with_left_out(results_dir: str | os.PathLike, runs: Iterable | None = None,
+                          stacklevel: int = 2) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`collect`, and the runs it left out: ``"<folder> (<reason>)"`` each (``stacklevel``: of its warnings)."""
     root = Path(results_dir)
     if not root.is_dir():
         raise ValueError(f"results folder {root} does not exist: pass the folder the study wrote its runs into")
-    rows, skipped = [], []
+    wanted = _wanted(root, runs)
+    rows, left_out = [], []
     for d in _run_dirs(root):
-        rows += _run_rows(RunFolder(d), root, skipped)
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} incomplete run(s) under {root}: " + "; ".join(skipped),
-                      UserWarning, stacklevel=2)
+        rel = d.relative_to(root).as_posix() or "."
+        if wanted(rel):
+            rows += _run_rows(RunFolder(d), rel, root, left_out)
+        else:
+            left_out.append(f"{rel} (not part of this study)")
+    if left_out:
+        warnings.warn(f"left out {len(left_out)} run(s) under {root}, in no table or figure: " + "; ".join(left_out),
+                      UserWarning, stacklevel=stacklevel)
     df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     df["n"] = df["n"].astype("Int64") if len(df) else df["n"]
     df["unlearned"] = unlearned_mask(df)
     dup = df.duplicated(["run", "test_set"], keep=False)
     if dup.any():
         warnings.warn(f"run ids appear more than once (copied folders?): {sorted(set(df.loc[dup, 'run']))}",
-                      UserWarning, stacklevel=2)
-    return sort_rows(df).reset_index(drop=True)
+                      UserWarning, stacklevel=stacklevel)
+    return sort_rows(df).reset_index(drop=True), left_out
+
+
+def collect(results_dir: str | os.PathLike, runs: Iterable | None = None) -> pd.DataFrame:
+    """One tidy row per complete run and test set, columns :data:`RESULT_COLUMNS`.
+
+    Besides the config and metric keys (``n``: the number of test images): the
+    constant predictor's errors (:data:`CONSTANT_KEYS`, NaN when
+    ``metrics.json`` lacks them), ``unlearned`` (see :data:`UNLEARNED_RATIO`)
+    and ``settings`` (8-hex fingerprint of :func:`training_settings`).
+
+    Left out, and listed with the reason in one ``UserWarning``: folders not
+    in ``runs`` (run ids, i.e. folders relative to ``results_dir``; None: every
+    folder), runs with a ``FAILED`` marker or whose ``study_run.json`` does not
+    say ``"complete": true`` (the study runner's files; a folder without them
+    is judged by its own files), runs without ``config.json``, or without a
+    readable ``metrics.json`` holding all of :data:`METRIC_KEYS`. Raises
+    ``ValueError`` if ``results_dir`` does not exist.
+    """
+    return collect_with_left_out(results_dir, runs, stacklevel=3)[0]
 
 
 def write_results_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -110,10 +155,10 @@ def write_results_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
-def collect_predictions(results_dir: str | os.PathLike) -> pd.DataFrame:
+def collect_predictions(results_dir: str | os.PathLike, runs: Iterable | None = None) -> pd.DataFrame:
     """All per-sample predictions of the complete runs, tagged with the run's config.
 
-    Reads the predictions files of every run that :func:`collect` keeps
+    Reads the predictions files of every run that :func:`collect` keeps (of ``runs``)
     (:meth:`hpelib.runs.RunFolder.read_predictions`: error columns computed
     when absent, and ``mae_err``, the mean of the three angle errors). Adds
     the columns run, scenario, method, init, label_fraction, seed, test_set,
@@ -121,9 +166,9 @@ def collect_predictions(results_dir: str | os.PathLike) -> pd.DataFrame:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # collect() already warns when called directly
-        runs = collect(results_dir)
+        table = collect(results_dir, runs)
     frames = []
-    for path, group in runs.groupby("path", sort=False):
+    for path, group in table.groupby("path", sort=False):
         first = group.iloc[0]
         for test_set, p in RunFolder(path).read_predictions(first["test_set"]).items():
             if "test_set" not in p:  # else one file holds several test sets

@@ -105,7 +105,7 @@ def plot_error_by_method(df: pd.DataFrame, metric: str = "mae", label_fraction: 
             if g.empty:
                 continue
             m, h = mean_ci(g[metric].to_numpy(float))
-            labels.append(f"{lab}\n(n={len(g)})")
+            labels.append(f"{lab}\n(seeds={len(g)})")
             means.append(m)
             halves.append(h)
             cols.append(colors[g["scenario"].iloc[0]])
@@ -257,7 +257,9 @@ def plot_error_vs_angle(predictions: pd.DataFrame, angle: str = "yaw", bins: int
     ``roll`` or ``geodesic``. ``by``: ``variant`` (scenario: method, seeds
     pooled) or ``run`` (one line per run). ``bins``: a number of equal-width
     bins over the observed range, or the bin edges in degrees. Bins with fewer
-    than ``min_count`` samples of a group are not drawn. One panel per test set.
+    than ``min_count`` samples of a group are not drawn: the line has a gap
+    there, and the panel's title says how many bins were left out. One panel
+    per test set.
     """
     if angle not in ANGLE_NAMES:
         raise ValueError(f"angle must be one of {ANGLE_NAMES}, got {angle!r}")
@@ -283,14 +285,16 @@ def plot_error_vs_angle(predictions: pd.DataFrame, angle: str = "yaw", bins: int
     fig, axes = _new_figure(len(sets), width=6.0, height=4.2)
     for ax, ts in zip(axes, sets):
         s = p[(p["test_set"] == ts) & p["_bin"].notna()]
+        dropped = np.zeros(len(centers), bool)  # bins some line does not draw
         for lab in order:
             g = s[s["_label"] == lab]
             if g.empty:
                 continue
-            stat = g.groupby("_bin")[err_col].agg(["mean", "count"])
-            stat = stat[stat["count"] >= min_count]
-            ax.plot(centers[stat.index.astype(int)], stat["mean"], marker="o", markersize=3,
-                    color=colors[lab], label=lab)
+            stat = g.groupby("_bin")[err_col].agg(["mean", "count"]).reindex(range(len(centers)))
+            few = ~(stat["count"] >= min_count).to_numpy()
+            dropped |= few
+            # NaN at a dropped bin: the line breaks there instead of running straight across it
+            ax.plot(centers, stat["mean"].mask(few), marker="o", markersize=3, color=colors[lab], label=lab)
         counts = np.bincount(s["_bin"].astype(int), minlength=len(centers)) if len(s) else np.zeros(len(centers))
         ax2 = ax.twinx()
         ax2.bar(centers, counts, width=np.diff(edges) * 0.9, color="grey", alpha=0.12, zorder=0)
@@ -300,7 +304,9 @@ def plot_error_vs_angle(predictions: pd.DataFrame, angle: str = "yaw", bins: int
         ax.patch.set_visible(False)
         ax.set_xlabel(f"ground-truth {angle} (degrees)")
         ax.set_ylabel(f"{_metric_title(error)} (degrees)")
-        ax.set_title(f"{ts}: error vs ground-truth {angle}")
+        k = int(dropped.sum())
+        note = f"\nbins with < {min_count} samples not drawn ({k} bin{'s' * (k != 1)})" if k else ""
+        ax.set_title(f"{ts}: error vs ground-truth {angle}{note}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _finish(fig, save)

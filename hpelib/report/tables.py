@@ -43,10 +43,12 @@ def error_table(df: pd.DataFrame, baseline: str = "baseline", baseline_init: str
     """The paper's error table: one row per setting x (scenario, method, init).
 
     Key columns: test_set, backbone, label_fraction, scenario, method, init.
-    Numbers: ``n_seeds``; ``<m>_mean`` / ``<m>_std`` for yaw, pitch, roll, mae,
-    geodesic (std over seeds, ``ddof=1``, NaN with one seed); ``delta_pct`` =
-    100 * (MAE mean - baseline MAE mean) / baseline MAE mean (negative =
-    better); ``baseline_init``. Display strings: ``Yaw``, ``Pitch``, ``Roll``,
+    Numbers: ``seeds`` (the number of runs averaged into the row, one per
+    seed; not ``n`` of ``metrics.json``, the number of test images);
+    ``<m>_mean`` / ``<m>_std`` for yaw, pitch, roll, mae, geodesic (std over
+    seeds, ``ddof=1``, NaN with one seed); ``delta_pct`` = 100 * (MAE mean -
+    baseline MAE mean) / baseline MAE mean (negative = better);
+    ``baseline_init``. Display strings: ``Yaw``, ``Pitch``, ``Roll``,
     ``MAE`` ("mean ± std", or "mean" with one seed) and ``Δ vs baseline (%)``
     ("—" for the baseline rows and where no baseline exists). Checks:
     ``unlearned`` (some run of the row is not clearly below the constant
@@ -62,7 +64,7 @@ def error_table(df: pd.DataFrame, baseline: str = "baseline", baseline_init: str
     g = k.groupby(list(ROW_KEYS), sort=False)
     agg = g[metrics].agg(["mean", "std"])
     agg.columns = [f"{m}_{s}" for m, s in agg.columns]
-    agg.insert(0, "n_seeds", g.size())
+    agg.insert(0, "seeds", g.size())
     agg["unlearned"] = g["_unlearned"].any()
     agg["mixed_settings"] = g["settings"].nunique() > 1 if "settings" in k else False
     agg["flag"] = [("†" if u else "") + ("‡" if m else "") for u, m in zip(agg["unlearned"], agg["mixed_settings"])]
@@ -100,6 +102,8 @@ def _pm(mean: float, std: float, digits: int = 2, pm: str = "±") -> str:
 _DISPLAY_KEYS = (("test_set", "Test set"), ("backbone", "Backbone"), ("label_fraction", "Labels"),
                  ("scenario", "Scenario"), ("method", "Method"), ("init", "Init"))
 _DISPLAY_VALUES = ("Yaw", "Pitch", "Roll", "MAE", "Δ vs baseline (%)")
+#: what the ``seeds`` column counts, for the captions
+_SEEDS = "seeds: number of runs (one per seed) averaged into the row."
 
 
 def _layout(table: pd.DataFrame, pm: str):
@@ -113,13 +117,13 @@ def _layout(table: pd.DataFrame, pm: str):
             shown.append((key, title))
         else:
             constant.append(f"{title.lower()}: {fmt_key(values.iloc[0])}")
-    header = [t for _, t in shown] + ["n"] + list(_DISPLAY_VALUES)
+    header = [t for _, t in shown] + ["seeds"] + list(_DISPLAY_VALUES)
     # best (lowest mean MAE) per setting
     best = key_frame(table).groupby(list(SETTING_KEYS))["mae_mean"].transform("min")
     is_best = np.isclose(table["mae_mean"].to_numpy(float), best.to_numpy(float))
     body = []
     for _, r in table.iterrows():
-        cells = [fmt_key(r[key]) for key, _ in shown] + [str(int(r["n_seeds"]))]
+        cells = [fmt_key(r[key]) for key, _ in shown] + [str(int(r["seeds"]))]
         for m in ("yaw", "pitch", "roll", "mae"):
             cells.append(_pm(r[f"{m}_mean"], r[f"{m}_std"], pm=pm))
         cells.append(signed(r["delta_pct"]))
@@ -149,7 +153,8 @@ def to_markdown(table: pd.DataFrame, bold_best: bool = True) -> str:
     """
     header, body, constant, is_best, marks = _layout(table, "±")
     mae_col = header.index("MAE")
-    caption = "Mean absolute error in degrees (mean ± std over seeds); Δ: relative change of MAE vs baseline."
+    caption = ("Mean absolute error in degrees (mean ± std over seeds); Δ: relative change of MAE vs baseline; "
+               + _SEEDS)
     if constant:
         caption += " " + "; ".join(constant) + "."
     lines = [caption, *_mark_notes(marks), ""]
@@ -188,7 +193,7 @@ def to_latex(table: pd.DataFrame, bold_best: bool = True, label: str = "tab:hpe-
     head = [_tex(h) for h in header]
     head[-1] = r"$\Delta$ vs baseline (\%)"
     caption = ("Mean absolute error in degrees (mean $\\pm$ std over seeds); $\\Delta$: relative change "
-               "of MAE against the baseline (negative is better).")
+               f"of MAE against the baseline (negative is better); {_tex(_SEEDS)}")
     if constant:
         caption += " " + _tex("; ".join(constant)) + "."
     caption = " ".join([caption] + [_tex(n) for n in _mark_notes(marks)])

@@ -42,6 +42,11 @@ class SSLTask(nn.Module):
             raise ValueError(f"feat_dim must be a positive integer, got {feat_dim!r}")
         self.feat_dim = int(feat_dim)
 
+    @classmethod
+    def image_size_problem(cls, image_size: int, **options) -> str | None:
+        """Why the task cannot work on ``image_size`` px inputs with these options, or None (checked before a run)."""
+        return None
+
     def make_views(self, images: torch.Tensor, generator: torch.Generator | None = None):
         raise NotImplementedError
 

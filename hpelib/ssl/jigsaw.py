@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import SSLTask, check_images, make_head, match_memory_format, rand, randperm_rows
-from .tiles import shuffle_tiles
+from .tiles import shuffle_tiles, tile_size_problem
 
 __all__ = ["JigsawTask"]
 
@@ -33,6 +33,10 @@ __all__ = ["JigsawTask"]
 class JigsawTask(SSLTask):
     name = "jigsaw"
     GRID = 3
+
+    @classmethod
+    def image_size_problem(cls, image_size: int, **options) -> str | None:
+        return tile_size_problem(cls.name, image_size, cls.GRID)
 
     def __init__(self, feat_dim: int, unshuffled_fraction: float = 0.0, head: str = "linear",
                  hidden: int | None = None):

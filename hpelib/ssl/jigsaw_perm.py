@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .base import SSLTask, check_images, make_head, match_memory_format, rand, randint
 from .permutations import load_permutations
-from .tiles import shuffle_tiles
+from .tiles import shuffle_tiles, tile_size_problem
 
 __all__ = ["JigsawPermTask"]
 
@@ -32,6 +32,10 @@ __all__ = ["JigsawPermTask"]
 class JigsawPermTask(SSLTask):
     name = "jigsaw_perm"
     GRID = 3
+
+    @classmethod
+    def image_size_problem(cls, image_size: int, **options) -> str | None:
+        return tile_size_problem(cls.name, image_size, cls.GRID)
 
     def __init__(self, feat_dim: int, n_permutations: int = 30, include_identity: bool = False,
                  identity_fraction: float | None = None, head: str = "linear", hidden: int | None = None):

@@ -18,7 +18,18 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["shuffle_tiles"]
+__all__ = ["shuffle_tiles", "MIN_TILE", "tile_size_problem"]
+
+#: smallest tile side in pixels that still makes a puzzle (a 2 px tile carries hardly any content to order)
+MIN_TILE = 4
+
+
+def tile_size_problem(task: str, image_size: int, grid: int = 3) -> str | None:
+    """Why ``image_size`` px is too small for a ``grid`` x ``grid`` puzzle, or None."""
+    if image_size // grid >= MIN_TILE:
+        return None
+    return (f"{task}: at image_size {image_size} the {grid}x{grid} tiles are {image_size // grid} px, too small "
+            f"to be a puzzle; use image_size >= {grid * MIN_TILE}")
 
 
 def shuffle_tiles(images: torch.Tensor, perm: torch.Tensor, grid: int = 3) -> torch.Tensor:

@@ -56,14 +56,29 @@ def _fp(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _spec(d: dict, study: dict, what: str) -> RunSpec:
-    """A RunSpec from its dict form; a setting the engine rejects becomes a StudyError naming the run."""
+def _spec(d: dict, study: dict, what: str, problems: dict) -> RunSpec | None:
+    """A RunSpec from its dict form; what the engine rejects goes into ``problems`` ({problem: [run ids]})."""
     if "image_size" in study:
         d = {**d, "image_size": study["image_size"]}
     try:
         return RunSpec.from_dict(d)
     except (TypeError, ValueError) as e:
-        raise StudyError(f"{study['_file']}: {what}: {e}") from e
+        problems.setdefault(str(e), []).append(what)
+        return None
+
+
+def _raise_problems(study: dict, problems: dict) -> None:
+    """One StudyError listing each distinct problem once, with the runs it concerns."""
+    if not problems:
+        return
+    lines = []
+    for problem, ids in problems.items():
+        more = f" and {len(ids) - 1} more" if len(ids) > 1 else ""
+        lines.append(f"{problem} (run {ids[0]}{more})")
+    if len(lines) == 1:
+        raise StudyError(f"{study['_file']}: {lines[0]}")
+    raise StudyError(f"{study['_file']}: {len(lines)} problems when planning the runs:\n"
+                     + "\n".join(f"  - {line}" for line in lines))
 
 
 def _init(model: dict) -> str:
@@ -77,6 +92,7 @@ def expand(study: dict, out) -> list[Run]:
     nb_dir = Path(study["notebooks"])
     pre_runs: dict[str, Run] = {}
     train_runs: list[Run] = []
+    problems: dict[str, list[str]] = {}
     kfold = study.get("kfold")
     for scenario, sc in study["scenarios"].items():
         for v in sc["variants"]:
@@ -88,7 +104,7 @@ def expand(study: dict, out) -> list[Run]:
                     if v["pretrain"]:
                         pre_seed = seed if study.get("pretrain_seed") is None else study["pretrain_seed"]
                         pre = _pretrain_run(study, v["pretrain"], v["pretrain_train"], pre_seed, model, nb_dir,
-                                            pre_runs)
+                                            pre_runs, problems)
                         deps, init = [pre.run_id], str(RunFolder(pre.folder(out)).model)
                     ssl_tasks = {a: {**study["methods"][a], **({} if w is None else {"weight": float(w)})}
                                  for a, w in v["aux"].items()}
@@ -105,11 +121,12 @@ def expand(study: dict, out) -> list[Run]:
                             "kfold": {"k": kfold["k"], "fold": fold, "seed": kfold["seed"]} if kfold else None,
                             "labels": {"run": rid, "scenario": scenario, "method": v["method"],
                                        "pretrain_method": v["pretrain"], "aux_methods": sorted(v["aux"])},
-                        }, study, rid)
+                        }, study, rid, problems)
                         if any(r.run_id == rid for r in train_runs):
                             raise StudyError(f"{study['_file']}: two runs are both called {rid!r}")
                         group = None if fold is None else run_id(scenario, v["method"], fr["fraction"], seed)
                         train_runs.append(Run(rid, spec, nb_dir / "train.ipynb", deps, group=group))
+    _raise_problems(study, problems)
     # longest pre-training first: it is the critical path of a study with a pre-training-budget axis
     runs = sorted(pre_runs.values(), key=lambda r: -r.spec.train.epochs) + train_runs
     fingerprints = {}  # a run's own spec + the fingerprints of what it depends on
@@ -120,7 +137,7 @@ def expand(study: dict, out) -> list[Run]:
     return runs
 
 
-def _pretrain_run(study, method, settings, seed, model, nb_dir, pre_runs) -> Run:
+def _pretrain_run(study, method, settings, seed, model, nb_dir, pre_runs, problems) -> Run:
     """The pre-training run of ``method`` (training settings: the study's ``pretrain`` < the variant's ``settings``)."""
     options = {k: v for k, v in study["methods"][method].items() if k != "weight"}  # one task: weight irrelevant
     d = {"kind": "pretrain",
@@ -129,13 +146,14 @@ def _pretrain_run(study, method, settings, seed, model, nb_dir, pre_runs) -> Run
          "train": {"progress": False, **study["pretrain"], **settings, "seed": seed},
          "train_data": study["data"]["pretrain"]}
     rid = pretrain_run_id(method, seed, settings.get("epochs"))
-    spec = _spec(d, study, rid)
-    key = _fp(spec.to_dict())
+    spec = _spec(d, study, rid, problems)
+    key = _fp(spec.to_dict() if spec else d)
     if key in pre_runs:
         return pre_runs[key]
     if any(r.run_id == rid for r in pre_runs.values()):
         rid += f"_{key[:6]}"  # same method/seed but another backbone/init
-    spec.labels.run = rid
+    if spec:
+        spec.labels.run = rid
     pre_runs[key] = Run(rid, spec, nb_dir / "pretrain.ipynb")
     return pre_runs[key]
 

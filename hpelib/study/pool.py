@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import labelled_rows, summarize
-from ..runs import CONSTANT_KEYS, PRED_COLUMNS, TRUE_COLUMNS, RunFolder
+from ..runs import CONSTANT_KEYS, PRED_COLUMNS, TRUE_COLUMNS, RunFolder, unlearned_keys
 from .plan import Run
 
 __all__ = ["pool_folds"]
@@ -21,7 +21,8 @@ def pool_folds(out, group: str, folds: list[Run]) -> Path:
     and, last, ``metrics.json``: the errors recomputed over all predictions,
     ``train_time_s`` summed over the folds, and the constant predictor's errors
     (each fold predicting its own training mean) averaged over the folds
-    weighted by their test images, which is their mean over all images.
+    weighted by their test images, which is their mean over all images, and
+    the pooled ``unlearned`` list.
     """
     folds = sorted(folds, key=lambda r: r.spec.kfold.fold)
     sources = [RunFolder(r.folder(out)) for r in folds]
@@ -46,6 +47,7 @@ def pool_folds(out, group: str, folds: list[Run]) -> Path:
         for key in CONSTANT_KEYS:
             if all(key in b for b in blocks) and weights.sum() > 0:
                 per_set[name][key] = float(np.dot(weights, [b[key] for b in blocks]) / weights.sum())
+        per_set[name]["unlearned"] = unlearned_keys(per_set[name])
         frames[name] = frame
     dest.write_predictions(frames)
     dest.write_config(record)

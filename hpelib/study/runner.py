@@ -7,9 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from ..io import write_json, write_text
-from ..runs import FAILED, METRICS
+from ..io import read_json, write_json, write_text
+from ..runs import CHECKPOINT, FAILED, HISTORY, LOG, METRICS, UNLEARNED_RATIO, RunFolder, unlearned_keys
 from .execute import Execution, gpu_ids, is_complete, kernel_env, prepare_folder, write_meta
+from .lock import StudyLock
 from .plan import expand, select
 from .pool import pool_folds
 from .scheduler import DONE, Scheduler
@@ -31,39 +32,97 @@ def _failure_line(rid: str, err: dict, limit: int) -> str:
 
 def run_study(study_path, out=None, jobs: int = 1, dry_run: bool = False, only: list[str] | None = None,
               force: bool = False, report: bool = True, gpus: str | None = None, echo=print) -> int:
-    """Run (or continue) a study; returns the exit status (0: every selected run complete)."""
-    from tqdm.auto import tqdm
+    """Run (or continue) a study; returns the exit status (0: every selected run complete, 130: interrupted).
 
+    The results folder is locked while the study runs (:class:`~hpelib.study.lock.StudyLock`):
+    a second runner on the same folder stops with an error naming the holder.
+    """
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise StudyError(f"--jobs must be an integer >= 1, got {jobs!r}")
     study = load_study(study_path)
     out = Path(out if out is not None else REPO_ROOT / "results" / study["name"]).resolve()
-    runs = select(expand(study, out), only)
+    planned = expand(study, out)
+    runs = select(planned, only)
     if only and not runs:
         raise StudyError(f"{study['_file']}: no run id matches --only {only} (see --dry-run for the ids)")
     for nb in sorted({r.notebook for r in runs}):
         if not nb.is_file():
             raise StudyError(f"{study['_file']}: notebook {nb} does not exist (set 'notebooks' in the study file)")
-    done = {r.run_id for r in runs if not force and is_complete(r, out)}
-
     if dry_run:
+        done = {r.run_id for r in runs if not force and is_complete(r, out)}
         echo(f"study {study['name']}: {len(runs)} runs ({len(done)} complete, {len(runs) - len(done)} to run) -> {out}")
         for r in runs:
             dep = f"  <- {', '.join(r.deps)}" if r.deps else ""
             echo(f"  [{'complete' if r.run_id in done else 'run':8s}] {r.run_id}{dep}")
         return 0
+    with StudyLock(out, study["_file"]) as lock:
+        if lock.previous:
+            echo(f"note: taking over {out} from a runner that is no longer running "
+                 f"(pid {lock.previous.get('pid')} on {lock.previous.get('host')})")
+        try:
+            status = _execute(study, out, runs, jobs, force, gpus)
+        except KeyboardInterrupt:
+            summary = read_json(out / "study_summary.json")["runs"]
+            complete = sum(s["status"] in DONE for s in summary.values())
+            echo(f"interrupted: {complete} of {len(runs)} runs complete (kept); the running ones were stopped "
+                 "and keep their last finished epoch; run the same command again to continue")
+            return 130
+        rc = _summarise(study, out, status, echo)
+        if report and study.get("report", True) and any(status[r.run_id]["status"] in DONE
+                                                         for r in runs if r.kind == "train"):
+            rc = max(rc, _report(out, planned, echo))
+    return rc
 
+
+def _report(out: Path, planned, echo) -> int:
+    """Build the report of the study's complete runs (whole study, not only ``--only``); 1 if it fails.
+
+    A run whose folder holds results made with other settings (the study changed
+    and the run has not run again) is left out, and said so.
+    """
+    settings: dict[str, list] = {}
+    for r in planned:
+        if r.kind == "train":
+            settings.setdefault(r.group or r.run_id, []).append(r)
+    current = sorted(rid for rid, rs in settings.items() if all(is_complete(r, out) for r in rs))
+    stale = sorted(rid for rid in settings if rid not in current and (out / rid / METRICS).is_file())
+    if stale:
+        echo(f"left out of the report: {len(stale)} run(s) whose results were made with other settings than the "
+             f"study's (run the study again to update them): {', '.join(stale[:5])}" + (" ..." if len(stale) > 5 else ""))
+    try:
+        from ..report import build_report
+
+        build_report(out, out / "report", runs=current)
+        echo(f"report: {out / 'report'}")
+        return 0
+    except Exception as e:
+        echo(f"report failed: {type(e).__name__}: {e}")
+        return 1
+
+
+def _execute(study: dict, out: Path, runs, jobs: int, force: bool, gpus) -> dict:
+    """Run what is not complete; pool k-fold settings; returns each run's status. Writes the summary files."""
+    from tqdm.auto import tqdm
+
+    done = {r.run_id for r in runs if not force and is_complete(r, out)}
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "study.yaml", yaml.safe_dump({k: v for k, v in study.items() if not k.startswith("_")},
                                                   sort_keys=False))
     failures: list[dict] = []
     bar = tqdm(total=len(runs) - len(done), desc=f"study {study['name']}", unit="run", dynamic_ncols=True)
+    progress = _EpochProgress(out)
 
     def start(run, gpu):
         folder = prepare_folder(run, out, force)
+        resumed = progress.finished_epochs(run)
+        if resumed:
+            bar.write(f"RESUME {run.run_id}: from epoch {resumed}/{run.spec.train.epochs} (its checkpoint.pt)")
         return Execution(run, folder, kernel_env(jobs, gpu), study.get("timeout_s"))
 
     def on_finish(run, result):
         if result["ok"]:
             write_meta(run, out, complete=True, seconds=round(result["seconds"], 1))
+            _warn_unlearned(run, out, bar.write)
         else:
             err = dict(result["error"], run=run.run_id, notebook=str(run.folder(out) / run.notebook.name))
             failures.append(err)
@@ -75,9 +134,9 @@ def run_study(study_path, out=None, jobs: int = 1, dry_run: bool = False, only: 
         bar.write(f"SKIPPED {run.run_id}: depends on failed {', '.join(bad)}")
         bar.update(1)
 
-    def on_tick(running_ids):
-        text = ", ".join(running_ids)[:80]
-        if text != bar.postfix:  # redraw only when the running runs change
+    def on_tick(running):
+        text = progress.describe(running)[:100]
+        if text != bar.postfix:  # redraw only when something changed
             bar.set_postfix_str(text)
 
     scheduler = Scheduler(runs, done, jobs, gpu_ids(gpus) if jobs > 1 or gpus else [], start, on_finish, on_skip)
@@ -90,20 +149,57 @@ def run_study(study_path, out=None, jobs: int = 1, dry_run: bool = False, only: 
             status.setdefault(r.run_id, {"status": "not run (interrupted)"})
         write_json(out / "study_summary.json", {"study": study["_file"], "out": str(out), "runs": status})
         write_json(out / "failures.json", failures)
-
     _pool(out, runs, status, failures)
-    rc = _summarise(study, out, status, echo)
-    if report and study.get("report", True) and any(status[r.run_id]["status"] in DONE
-                                                     for r in runs if r.kind == "train"):
-        try:
-            from ..report import build_report
+    return status
 
-            build_report(out, out / "report")
-            echo(f"report: {out / 'report'}")
-        except Exception as e:
-            echo(f"report failed: {type(e).__name__}: {e}")
-            rc = 1
-    return rc
+
+class _EpochProgress:
+    """Where the running runs are, from the last line of their ``train.log`` (``epoch k/N ...``)."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self._seen: dict[str, tuple[float, str]] = {}  # run id -> (log mtime, epoch text)
+
+    def describe(self, runs) -> str:
+        return ", ".join(f"{r.run_id} {self._epoch(r)}".rstrip() for r in runs)
+
+    def _epoch(self, run) -> str:
+        log = run.folder(self.out) / LOG
+        try:
+            mtime = log.stat().st_mtime
+        except OSError:
+            return ""
+        if run.run_id not in self._seen or self._seen[run.run_id][0] != mtime:
+            lines = [line for line in log.read_text().splitlines() if line.startswith("epoch ")]
+            self._seen[run.run_id] = (mtime, lines[-1].split(":")[0].split()[1] if lines else "")
+        return f"epoch {self._seen[run.run_id][1]}" if self._seen[run.run_id][1] else ""
+
+    def finished_epochs(self, run) -> int:
+        """Epochs a run about to start has already finished (it resumes from its checkpoint), else 0."""
+        folder = run.folder(self.out)
+        if not (folder / CHECKPOINT).is_file() or not (folder / HISTORY).is_file():
+            return 0
+        try:
+            return len(read_json(folder / HISTORY).get("epochs", []))
+        except (OSError, ValueError):
+            return 0
+
+
+def _warn_unlearned(run, out: Path, write) -> None:
+    """A line when a finished run is not clearly better than predicting the mean training pose."""
+    if run.kind != "train":
+        return
+    folder = RunFolder(run.folder(out))
+    try:
+        blocks = folder.metric_blocks(folder.read_config().test_set)
+    except (OSError, ValueError):
+        return
+    for test_set, block in blocks:
+        bad = unlearned_keys(block)
+        if bad:
+            errors = ", ".join(f"{k} {block[k]:.1f} vs {block[f'constant_{k}']:.1f}" for k in bad)
+            write(f"UNLEARNED {run.run_id} [{test_set}]: error not below {UNLEARNED_RATIO:g} x the constant "
+                  f"predictor's ({errors}); marked in metrics.json and the report")
 
 
 def _pool(out: Path, runs, status: dict, failures: list[dict]) -> None:
@@ -142,13 +238,24 @@ def _summarise(study: dict, out: Path, status: dict, echo) -> int:
     return 1 if bad else 0
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import __doc__ as doc
 
     p = argparse.ArgumentParser(prog="python -m hpelib.study", description=doc.split("\n\n")[0])
     p.add_argument("study", help="study YAML file (see docs/STUDY.md)")
     p.add_argument("--out", help="output folder (default: results/<study name>)")
-    p.add_argument("--jobs", type=int, default=1, help="runs executed in parallel (one GPU each when GPUs are present)")
+    p.add_argument("--jobs", type=_positive_int, default=1,
+                   help="runs executed in parallel (one GPU each when GPUs are present)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are complete; run nothing")
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="run only ids matching this glob or substring (repeatable); their pre-training runs are added")
@@ -162,3 +269,6 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted before any run started; nothing was changed", file=sys.stderr)
+        return 130

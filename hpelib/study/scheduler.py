@@ -61,8 +61,11 @@ class Scheduler:
                                {"status": "failed", "seconds": seconds, "error": result["error"]})
         self._on_finish(run, result)
 
-    def run(self, poll_s: float = 0.2, on_tick: Callable[[list[str]], None] = lambda ids: None) -> dict:
-        """Run everything that can run; returns :attr:`status`. Running children are stopped on an exception."""
+    def run(self, poll_s: float = 0.2, on_tick: Callable[[list[Run]], None] = lambda runs: None) -> dict:
+        """Run everything that can run; returns :attr:`status`. Running children are stopped on an exception.
+
+        ``on_tick(running runs)`` is called at every poll (to show progress).
+        """
         try:
             while self.pending or self.running:
                 self._skip_blocked()
@@ -72,7 +75,7 @@ class Scheduler:
                     self._launch(run)
                 if not self.running:
                     break  # nothing runs and nothing can start
-                on_tick(list(self.running))
+                on_tick([run for run, _, _ in self.running.values()])
                 ended = {rid: res for rid, (_, ex, _) in list(self.running.items()) if (res := ex.poll()) is not None}
                 for rid, res in ended.items():
                     self._finish(rid, res)

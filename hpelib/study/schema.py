@@ -9,6 +9,7 @@ is the repository root).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..registry import check_keys
+from ..validation import coerce
 from ..runs import method_label
 
 __all__ = ["StudyError", "REPO_ROOT", "load_study", "abs_path"]
@@ -63,7 +65,7 @@ def _default_env() -> dict[str, str]:
     return env
 
 
-def _substitute(obj, env: dict[str, str], where: str):
+def _substitute(obj, env: dict[str, str]):
     if isinstance(obj, str):
         def repl(m):
             name, default = m.group(1), m.group(2)
@@ -71,12 +73,12 @@ def _substitute(obj, env: dict[str, str], where: str):
                 return env[name]
             if default is not None:
                 return default
-            raise StudyError(f"{where}: environment variable ${{{name}}} is not set; set it or write ${{{name}:-default}}")
+            raise StudyError(f"environment variable ${{{name}}} is not set; set it or write ${{{name}:-default}}")
         return _VAR.sub(repl, obj)
     if isinstance(obj, dict):
-        return {k: _substitute(v, env, where) for k, v in obj.items()}
+        return {k: _substitute(v, env) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_substitute(v, env, where) for v in obj]
+        return [_substitute(v, env) for v in obj]
     return obj
 
 
@@ -86,26 +88,90 @@ def abs_path(p: str) -> str:
     return str(path if path.is_absolute() else (REPO_ROOT / path).resolve())
 
 
-def _resolve_spec(spec, where: str) -> dict:
+class _Problems:
+    """Every problem of a study file, collected so that one run of ``--dry-run`` reports them all."""
+
+    def __init__(self, file: str, check_roots: bool = True):
+        self.file, self.items, self.check_roots = file, [], check_roots
+
+    def add(self, where: str, problem: str) -> None:
+        self.items.append(f"{where}: {problem}" if where else problem)
+
+    @contextlib.contextmanager
+    def section(self):
+        """Check a part of the file; a ``StudyError`` inside becomes one problem and the part is skipped."""
+        try:
+            yield
+        except StudyError as e:
+            self.items.append(str(e))
+
+    def check_keys(self, d, allowed, where: str) -> bool:
+        try:
+            check_keys(d, allowed, where, error=StudyError)
+            return True
+        except StudyError as e:
+            self.items.append(str(e))
+            return False
+
+    def values(self, checker, block: dict, where: str) -> dict:
+        """``block`` coerced by ``checker`` (a ``check_values`` classmethod); its problems recorded."""
+        values, problems = checker(block)
+        for p in problems:
+            self.add(where, p)
+        return {**block, **values}
+
+    def raise_if_any(self) -> None:
+        if len(self.items) == 1:
+            raise StudyError(f"{self.file}: {self.items[0]}")
+        if self.items:
+            raise StudyError(f"{self.file}: {len(self.items)} problems:\n" + "\n".join(f"  - {p}" for p in self.items))
+
+
+def _data_spec(spec, where: str, problems: _Problems) -> dict | None:
+    """A data spec with absolute paths; its name, keys, split and (unless the set makes it) root checked."""
+    from ..data import DATASETS, dataset_options
+
     if not isinstance(spec, dict) or "name" not in spec:
-        raise StudyError(f"{where}: a data spec must be a mapping with at least 'name' (e.g. {{name: synthetic}}), got {spec!r}")
+        problems.add(where, f"a data spec must be a mapping with at least 'name' (e.g. {{name: synthetic}}), got {spec!r}")
+        return None
     spec = dict(spec)
     for key in ("root", "cache_dir"):
         if spec.get(key) is not None:
             spec[key] = abs_path(str(spec[key]))
+    if spec["name"] not in DATASETS:
+        problems.add(where, f"unknown data set {spec['name']!r}; valid names: {DATASETS.names()}")
+        return spec
+    problems.check_keys(spec, ["name", *DATA_SPEC_KEYS, *dataset_options(spec["name"])], where)
+    if spec.get("split", "train") not in ("train", "test", "all"):
+        problems.add(where, f"split must be train, test or all, got {spec['split']!r}")
+    root = spec.get("root") or _default_root(spec["name"])
+    makes_root = getattr(DATASETS.get(spec["name"]), "creates_root", False)
+    if problems.check_roots and not makes_root and root and not Path(root).exists():
+        problems.add(where, f"data folder {root} does not exist; put the data set there (see data/README.md) "
+                            "or set 'root' to where it is")
     return spec
 
 
-def _check_keys(d: dict, allowed, where: str):
-    check_keys(d, allowed, where, error=StudyError)
+def _default_root(name: str):
+    from ..data import DEFAULT_ROOTS
+
+    return DEFAULT_ROOTS.get(name)
 
 
-def load_study(path: str | os.PathLike, env: dict[str, str] | None = None) -> dict:
+#: keys of a data spec besides its data set's own options (image size, augmentation and seed come from the run)
+DATA_SPEC_KEYS = ("root", "split", "seed", "cache_dir")
+
+
+def load_study(path: str | os.PathLike, env: dict[str, str] | None = None, check_roots: bool = True) -> dict:
     """Read and validate a study YAML; returns the resolved study dict.
 
-    Raises :class:`StudyError` (a ``ValueError``) naming the file and the key
-    at fault: unknown keys at any level, unknown SSL methods, a variant that
-    names a method missing from ``methods``, missing data specs.
+    Every key and value is checked before anything runs: unknown keys at any
+    level, values of the wrong type or out of range (YAML's ``1e-3`` string and
+    quoted numbers are coerced to the declared type), unknown backbones, heads,
+    SSL methods and data sets, data folders that do not exist, a variant that
+    names a method missing from ``methods``. Raises one :class:`StudyError` (a
+    ``ValueError``) listing every problem, each naming its key, the file first.
+    ``check_roots=False`` skips the data folders (to plan a study for another machine).
     """
     path = Path(path)
     if not path.is_file():
@@ -114,59 +180,108 @@ def load_study(path: str | os.PathLike, env: dict[str, str] | None = None) -> di
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise StudyError(f"{path}: not valid YAML: {e}") from e
-    where = str(path)
     if not isinstance(raw, dict):
-        raise StudyError(f"{where}: a study file must be a mapping with keys {sorted(TOP_KEYS)}")
-    _check_keys(raw, TOP_KEYS, where)
-    study = _substitute(raw, env if env is not None else _default_env(), where)
+        raise StudyError(f"{path}: a study file must be a mapping with keys {sorted(TOP_KEYS)}")
+    problems = _Problems(str(path), check_roots)
+    problems.check_keys(raw, TOP_KEYS, "")
+    with problems.section():
+        study = _substitute(raw, env if env is not None else _default_env())
+    problems.raise_if_any()
     study.setdefault("name", path.stem)
     study["_file"] = str(path.resolve())
-
     study["notebooks"] = abs_path(study.get("notebooks") or "notebooks")
-    study["model"] = dict(study.get("model") or {})
-    _check_model(study["model"], f"{where}: model")
+    if "image_size" in study:
+        study["image_size"] = problems.values(_spec_values, {"image_size": study["image_size"]}, "")["image_size"]
+    if study.get("timeout_s") is not None:
+        try:
+            study["timeout_s"] = coerce(study["timeout_s"], float)
+        except ValueError as e:
+            problems.add("timeout_s", str(e))
+    study["model"] = _model_block(study.get("model"), "model", problems)
     for key in ("pretrain", "train"):
-        study[key] = dict(study.get(key) or {})
-
-    data = study.get("data")
-    _check_keys(data or {}, DATA_KEYS, f"{where}: data")
-    if not data or "train" not in data or "test" not in data:
-        raise StudyError(f"{where}: data needs 'train' (a spec) and 'test' ({{name: spec}}); see docs/STUDY.md")
-    data = dict(data)
-    data["train"] = _resolve_spec(data["train"], f"{where}: data.train")
-    if not isinstance(data["test"], dict) or not data["test"] or "name" in data["test"]:
-        raise StudyError(f"{where}: data.test must map a test-set name to a spec, e.g. {{aflw2000: {{name: aflw2000, root: ...}}}}")
-    data["test"] = {str(k): _resolve_spec(v, f"{where}: data.test.{k}") for k, v in data["test"].items()}
-    if data.get("pretrain") is not None:
-        data["pretrain"] = _resolve_spec(data["pretrain"], f"{where}: data.pretrain")
-    study["data"] = data
-
-    methods = study.get("methods") or {}
-    _check_keys(methods, _ssl_methods(), f"{where}: methods")
-    study["methods"] = {m: dict(o or {}) for m, o in methods.items()}
-
+        study[key] = _train_block(study.get(key), key, problems)
+    study["data"] = _data(study.get("data"), problems)
+    study["methods"] = _methods(study.get("methods"), problems)
     if study.get("kfold") is not None:
         kf = study["kfold"]
-        _check_keys(kf, KFOLD_KEYS, f"{where}: kfold")
-        if not isinstance(kf.get("k"), int) or kf["k"] < 2:
-            raise StudyError(f"{where}: kfold.k must be an integer >= 2, got {kf.get('k')!r}")
-        study["kfold"] = {"k": kf["k"], "seed": int(kf.get("seed", 0))}
-
-    default_seeds = _seed_list(study.get("seeds", [0]), f"{where}: seeds")
+        if problems.check_keys(kf, KFOLD_KEYS, "kfold"):
+            if not isinstance(kf.get("k"), int) or isinstance(kf.get("k"), bool) or kf["k"] < 2:
+                problems.add("kfold", f"kfold.k must be an integer >= 2, got {kf.get('k')!r}")
+            study["kfold"] = {"k": kf.get("k"), "seed": kf.get("seed", 0)}
     if study.get("pretrain_seed") is not None and not isinstance(study["pretrain_seed"], int):
-        raise StudyError(f"{where}: pretrain_seed must be an integer or null, got {study['pretrain_seed']!r}")
-    study["label_fractions"] = _fraction_list(study.get("label_fractions", [1.0]), default_seeds, f"{where}: label_fractions")
-
-    _check_against_package(study, where)
-
+        problems.add("pretrain_seed", f"must be an integer or null, got {study['pretrain_seed']!r}")
+    default_seeds = _seed_list(study.get("seeds", [0]), "seeds", problems)
+    study["label_fractions"] = _fraction_list(study.get("label_fractions", [1.0]), default_seeds,
+                                              "label_fractions", problems)
     scenarios = study.get("scenarios")
     if not isinstance(scenarios, dict) or not scenarios:
-        raise StudyError(f"{where}: 'scenarios' must be a non-empty mapping {{scenario: [variants]}}")
-    study["scenarios"] = {
-        str(name): _check_scenario(name, sc, study, default_seeds, f"{where}: scenarios.{name}")
-        for name, sc in scenarios.items()
-    }
+        problems.add("scenarios", "must be a non-empty mapping {scenario: [variants]}")
+        scenarios = {}
+    study["scenarios"] = {str(name): _check_scenario(name, sc, study, default_seeds, f"scenarios.{name}", problems)
+                          for name, sc in scenarios.items()}
+    problems.raise_if_any()
     return study
+
+
+def _spec_values(block: dict):
+    """A RunSpec's own settings (image_size, label_fraction) coerced and checked: ``(values, problems)``."""
+    from ..spec import RunSpec
+
+    return RunSpec.check_values(block)
+
+
+def _train_block(block, where: str, problems: _Problems) -> dict:
+    """A block of training settings (TrainConfig keys), its values coerced and checked alone."""
+    from ..engine.config import TrainConfig
+
+    block = dict(block or {})
+    if problems.check_keys(block, _train_keys(), where):
+        block = problems.values(TrainConfig.check_values, block, where)
+    return block
+
+
+def _model_block(block, where: str, problems: _Problems) -> dict:
+    """A block of model settings (ModelConfig keys but ssl_tasks), its values coerced and checked alone."""
+    from ..models.config import ModelConfig
+
+    block = dict(block or {})
+    if "ssl_tasks" in block:
+        problems.add(where, "do not set ssl_tasks here; use scenarios (aux) and methods (options)")
+        block.pop("ssl_tasks")
+    if problems.check_keys(block, _model_keys(), where):
+        block = problems.values(ModelConfig.check_values, block, where)
+    return block
+
+
+def _data(data, problems: _Problems) -> dict:
+    if not problems.check_keys(data or {}, DATA_KEYS, "data"):
+        return {"test": {}}
+    if not data or "train" not in data or "test" not in data:
+        problems.add("data", "needs 'train' (a spec) and 'test' ({name: spec}); see docs/STUDY.md")
+        return {"test": {}}
+    out = {"train": _data_spec(data["train"], "data.train", problems), "test": {}}
+    if not isinstance(data["test"], dict) or not data["test"] or "name" in data["test"]:
+        problems.add("data", "data.test must map a test-set name to a spec, e.g. {aflw2000: {name: aflw2000, root: ...}}")
+    else:
+        out["test"] = {str(k): _data_spec(v, f"data.test.{k}", problems) for k, v in data["test"].items()}
+    if data.get("pretrain") is not None:
+        out["pretrain"] = _data_spec(data["pretrain"], "data.pretrain", problems)
+    return out
+
+
+def _methods(methods, problems: _Problems) -> dict:
+    """``{method: options}``: registered SSL tasks, their options (and weight) coerced and checked."""
+    from ..models.config import check_task_options
+
+    methods = methods or {}
+    if not problems.check_keys(methods, _ssl_methods(), "methods"):
+        return {m: dict(o or {}) for m, o in methods.items() if m in _ssl_methods()} if isinstance(methods, dict) else {}
+    out = {}
+    for m, opts in methods.items():
+        out[m], bad = check_task_options(m, dict(opts or {}))
+        for p in bad:
+            problems.add(f"methods.{m}", p)
+    return out
 
 
 def _ssl_methods() -> list[str]:
@@ -191,105 +306,101 @@ def _model_keys() -> set[str]:
     return {f.name for f in dataclasses.fields(ModelConfig)} - {"ssl_tasks"}
 
 
-def _check_against_package(study: dict, where: str) -> None:
-    """Early errors for option names that the package would only reject at run time."""
-    from ..ssl import task_options
-
-    for key in ("pretrain", "train"):
-        _check_keys(study[key], _train_keys(), f"{where}: {key}")
-    _check_keys(study["model"], _model_keys(), f"{where}: model")
-    for m, opts in study["methods"].items():
-        _check_keys(opts, ["weight"] + task_options(m), f"{where}: methods.{m}")
-
-
-def _check_model(model: dict, where: str):
-    if "ssl_tasks" in model:
-        raise StudyError(f"{where}: do not set ssl_tasks here; use scenarios (aux) and methods (options)")
-
-
-def _seed_list(seeds, where) -> list[int]:
-    if isinstance(seeds, int):
+def _seed_list(seeds, where, problems: _Problems) -> list[int]:
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = [seeds]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise StudyError(f"{where}: expected a non-empty list of integers, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        problems.add(where, f"expected a non-empty list of integers, got {seeds!r}")
+        return [0]
     return list(seeds)
 
 
-def _fraction_list(fracs, default_seeds, where) -> list[dict]:
-    if isinstance(fracs, (int, float)):
+def _fraction_list(fracs, default_seeds, where, problems: _Problems) -> list[dict]:
+    if isinstance(fracs, (int, float, str)):
         fracs = [fracs]
     if not isinstance(fracs, list) or not fracs:
-        raise StudyError(f"{where}: expected a non-empty list, got {fracs!r}")
+        problems.add(where, f"expected a non-empty list, got {fracs!r}")
+        return []
     out = []
     for f in fracs:
-        train = {}
+        train, seeds, frac = {}, default_seeds, f
         if isinstance(f, dict):
-            _check_keys(f, {"fraction", "seeds", "train"}, where)
-            frac, seeds = f.get("fraction"), _seed_list(f.get("seeds", default_seeds), where)
-            train = dict(f.get("train") or {})
-            _check_keys(train, _train_keys(), where + ".train")
-        else:
-            frac, seeds = f, default_seeds
-        if not isinstance(frac, (int, float)) or isinstance(frac, bool) or not 0 < frac <= 1:
-            raise StudyError(f"{where}: a label fraction must be a number in (0, 1], got {frac!r}")
-        out.append({"fraction": float(frac), "seeds": seeds, "train": train})
+            if not problems.check_keys(f, {"fraction", "seeds", "train"}, where):
+                continue
+            frac, seeds = f.get("fraction"), _seed_list(f.get("seeds", default_seeds), where, problems)
+            train = _train_block(f.get("train"), where + ".train", problems)
+        values, bad = _spec_values({"label_fraction": frac})
+        if bad:
+            problems.add(where, f"a label fraction must be a number in (0, 1], got {frac!r}")
+            continue
+        out.append({"fraction": values["label_fraction"], "seeds": seeds, "train": train})
     return out
 
 
-def _check_scenario(name, sc, study, default_seeds, where) -> dict:
+def _aux(aux, vw: str, problems: _Problems) -> dict:
+    """A variant's auxiliary methods as ``{name: weight or None}``."""
+    if isinstance(aux, str):
+        aux = [aux]
+    if isinstance(aux, list):
+        aux = {a: None for a in aux}
+    if not isinstance(aux, dict):
+        problems.add(vw, f"aux must be a method name, a list of names or {{name: weight}}, got {aux!r}")
+        return {}
+    out = {}
+    for a, w in aux.items():
+        if a not in _ssl_methods():
+            problems.add(vw, f"unknown SSL method {a!r} in aux; valid: {_ssl_methods()}")
+            continue
+        try:
+            out[a] = None if w is None else coerce(w, float)
+        except ValueError as e:
+            problems.add(vw, f"the weight of aux method {a!r}: {e}")
+    return out
+
+
+def _check_scenario(name, sc, study, default_seeds, where, problems: _Problems) -> dict:
     if isinstance(sc, list):
         sc = {"variants": sc}
     if sc is None:
         sc = {"variants": [{}]}
-    _check_keys(sc, SCENARIO_KEYS, where)
+    empty = {"variants": [], "label_fractions": [], "model": {}, "train": {}}
+    if not problems.check_keys(sc, SCENARIO_KEYS, where):
+        return empty
     variants = sc.get("variants")
     if not isinstance(variants, list) or not variants:
-        raise StudyError(f"{where}: 'variants' must be a non-empty list (use [{{}}] for a plain baseline)")
+        problems.add(where, "'variants' must be a non-empty list (use [{}] for a plain baseline)")
+        return empty
     out_variants, labels = [], set()
     for i, v in enumerate(variants):
         vw = f"{where}.variants[{i}]"
         v = dict(v or {})
-        _check_keys(v, VARIANT_KEYS, vw)
+        if not problems.check_keys(v, VARIANT_KEYS, vw):
+            continue
         pre = v.get("pretrain")
         if pre is not None and pre not in _ssl_methods():
-            raise StudyError(f"{vw}: unknown SSL method {pre!r} for pretrain; valid: {_ssl_methods()}")
-        aux = v.get("aux") or {}
-        if isinstance(aux, str):
-            aux = [aux]
-        if isinstance(aux, list):
-            aux = {a: None for a in aux}
-        if not isinstance(aux, dict):
-            raise StudyError(f"{vw}: aux must be a method name, a list of names or {{name: weight}}, got {aux!r}")
-        for a, w in aux.items():
-            if a not in _ssl_methods():
-                raise StudyError(f"{vw}: unknown SSL method {a!r} in aux; valid: {_ssl_methods()}")
-            if w is not None and (not isinstance(w, (int, float)) or isinstance(w, bool)):
-                raise StudyError(f"{vw}: the weight of aux method {a!r} must be a number, got {w!r}")
+            problems.add(vw, f"unknown SSL method {pre!r} for pretrain; valid: {_ssl_methods()}")
+        aux = _aux(v.get("aux") or {}, vw, problems)
         for m in ([pre] if pre else []) + list(aux):
-            if m not in study["methods"]:
-                raise StudyError(f"{vw}: method {m!r} is not configured under 'methods' (add '{m}: {{weight: 1.0}}')")
-        _check_model(v.get("model") or {}, vw + ".model")
-        _check_keys(v.get("model") or {}, _model_keys(), vw + ".model")
-        _check_keys(v.get("train") or {}, _train_keys(), vw + ".train")
-        pre_train = dict(v.get("pretrain_train") or {})
+            if m in _ssl_methods() and m not in study["methods"]:
+                problems.add(vw, f"method {m!r} is not configured under 'methods' (add '{m}: {{weight: 1.0}}')")
+        pre_train = _train_block(v.get("pretrain_train"), vw + ".pretrain_train", problems)
         if pre_train and not pre:
-            raise StudyError(f"{vw}: pretrain_train is set but the variant has no 'pretrain' method")
-        _check_keys(pre_train, _train_keys(), vw + ".pretrain_train")
+            problems.add(vw, "pretrain_train is set but the variant has no 'pretrain' method")
         label = str(v.get("method") or method_label(pre, aux, pre_train.get("epochs")))
         if not re.fullmatch(r"[A-Za-z0-9_.+\-]+", label):
-            raise StudyError(f"{vw}: method label {label!r} may only use letters, digits and _ . + -")
+            problems.add(vw, f"method label {label!r} may only use letters, digits and _ . + -")
         if label in labels:
-            raise StudyError(f"{vw}: two variants of scenario {name!r} are both called {label!r}; give one a 'method' label")
+            problems.add(vw, f"two variants of scenario {name!r} are both called {label!r}; give one a 'method' label")
         labels.add(label)
         out_variants.append({"pretrain": pre, "pretrain_train": pre_train, "aux": aux, "method": label,
-                             "model": dict(v.get("model") or {}), "train": dict(v.get("train") or {})})
-    _check_keys(sc.get("model") or {}, _model_keys(), where + ".model")
-    _check_keys(sc.get("train") or {}, _train_keys(), where + ".train")
-    seeds = _seed_list(sc["seeds"], where + ".seeds") if "seeds" in sc else None
-    fracs = (_fraction_list(sc["label_fractions"], seeds or default_seeds, where + ".label_fractions")
+                             "model": _model_block(v.get("model"), vw + ".model", problems),
+                             "train": _train_block(v.get("train"), vw + ".train", problems)})
+    seeds = _seed_list(sc["seeds"], where + ".seeds", problems) if "seeds" in sc else None
+    fracs = (_fraction_list(sc["label_fractions"], seeds or default_seeds, where + ".label_fractions", problems)
              if "label_fractions" in sc else
              [dict(f, seeds=seeds) if seeds else f for f in study["label_fractions"]])
     if any(v["pretrain"] for v in out_variants) and not study["data"].get("pretrain"):
-        raise StudyError(f"{where}: uses SSL pre-training but data.pretrain (the images to pre-train on) is not set")
+        problems.add(where, "uses SSL pre-training but data.pretrain (the images to pre-train on) is not set")
     return {"variants": out_variants, "label_fractions": fracs,
-            "model": dict(sc.get("model") or {}), "train": dict(sc.get("train") or {})}
+            "model": _model_block(sc.get("model"), where + ".model", problems),
+            "train": _train_block(sc.get("train"), where + ".train", problems)}
