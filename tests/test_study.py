@@ -533,8 +533,8 @@ def test_an_unlearned_run_gets_a_line(tmp_path):
                          "folder": lambda self, out: tmp_path / "baseline/none/lf1_s0"})()
     lines = []
     _warn_unlearned(run, tmp_path, lines.append)
-    assert lines == ["UNLEARNED baseline/none/lf1_s0 [syn]: error not below 0.8 x the constant predictor's "
-                     "(yaw 30.0 vs 31.0); marked in metrics.json and the report"]
+    assert lines == ["UNLEARNED baseline/none/lf1_s0: error not below 0.8 x the constant predictor's "
+                     "([syn] yaw 30.0 vs 31.0); marked in metrics.json and the report"]
 
 
 def test_the_report_covers_the_runs_of_this_study_only(tiny, monkeypatch):
@@ -546,6 +546,13 @@ def test_the_report_covers_the_runs_of_this_study_only(tiny, monkeypatch):
     monkeypatch.setattr(hpelib.report, "build_report", lambda *a, **k: calls.append((a, k)))
     assert st.run_study(tiny["yaml"], tiny["out"]) == 0
     assert calls and calls[0][1]["runs"] == ["baseline/none/lf0.5_s0"]
+    text_with_pretraining = tiny["yaml"].read_text().replace(
+        "  baseline: [{}]\n", "  baseline: [{}]\n  pretrain: [{pretrain: rotation}]\n")
+    tiny["yaml"].write_text(text_with_pretraining)
+    calls.clear()
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0  # pre-training runs are the study's too (not "left out")
+    assert calls[0][1]["runs"] == ["baseline/none/lf0.5_s0", "pretrain/rotation/lf0.5_s0", "pretrain/rotation_s0"]
+    tiny["yaml"].write_text(text_with_pretraining.replace("  pretrain: [{pretrain: rotation}]\n", ""))
     # a run whose folder holds results made with other settings is never reported, and that is said
     tiny["yaml"].write_text(tiny["yaml"].read_text().replace("seeds: [0]", "seeds: [0, 1]"))
     assert st.run_study(tiny["yaml"], tiny["out"]) == 0

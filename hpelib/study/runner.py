@@ -80,10 +80,9 @@ def _report(out: Path, planned, echo) -> int:
     A run whose folder holds results made with other settings (the study changed
     and the run has not run again) is left out, and said so.
     """
-    settings: dict[str, list] = {}
-    for r in planned:
-        if r.kind == "train":
-            settings.setdefault(r.group or r.run_id, []).append(r)
+    settings: dict[str, list] = {}  # a report row's folder -> its runs (the folds of a k-fold setting)
+    for r in planned:  # pre-training runs too: the report knows them and leaves them out silently
+        settings.setdefault(r.group or r.run_id, []).append(r)
     current = sorted(rid for rid, rs in settings.items() if all(is_complete(r, out) for r in rs))
     stale = sorted(rid for rid in settings if rid not in current and (out / rid / METRICS).is_file())
     if stale:
@@ -194,12 +193,12 @@ def _warn_unlearned(run, out: Path, write) -> None:
         blocks = folder.metric_blocks(folder.read_config().test_set)
     except (OSError, ValueError):
         return
-    for test_set, block in blocks:
-        bad = unlearned_keys(block)
-        if bad:
-            errors = ", ".join(f"{k} {block[k]:.1f} vs {block[f'constant_{k}']:.1f}" for k in bad)
-            write(f"UNLEARNED {run.run_id} [{test_set}]: error not below {UNLEARNED_RATIO:g} x the constant "
-                  f"predictor's ({errors}); marked in metrics.json and the report")
+    found = [(test_set, block, unlearned_keys(block)) for test_set, block in blocks]
+    parts = [f"[{ts}] " + ", ".join(f"{k} {b[k]:.1f} vs {b[f'constant_{k}']:.1f}" for k in bad)
+             for ts, b, bad in found if bad]
+    if parts:
+        write(f"UNLEARNED {run.run_id}: error not below {UNLEARNED_RATIO:g} x the constant predictor's "
+              f"({'; '.join(parts)}); marked in metrics.json and the report")
 
 
 def _pool(out: Path, runs, status: dict, failures: list[dict]) -> None:
