@@ -19,6 +19,7 @@ import numpy as np
 from .data import build_dataset, kfold_subsets, label_subset
 from .engine import evaluate, pretrain, train
 from .metrics import labelled_rows, summarize
+from .models.inputs import input_spec_of
 from .runs import (CONFIG, RunFolder, RunRecord, constant_columns, init_label, method_label, run_id,
                    unlearned_keys)
 from .spec import RunSpec
@@ -149,7 +150,8 @@ def run_hpe(spec: RunSpec, out_dir) -> dict:
                "kfold": None if spec.kfold is None else spec.to_dict()["kfold"], "n_train": len(train_set),
                "train_data": spec.train_data, "test_data": spec.test_data, "spec": spec.to_dict()})
     folder.write_config(record)
-    result = train(spec.model, train_set, None, spec.train, folder.path)
+    first_test = next(iter(test_sets.values()))  # the model records the test crop it was measured with
+    result = train(spec.model, train_set, None, spec.train, folder.path, input_spec=input_spec_of(first_test))
     evaluations = evaluate_on_sets(folder.model, test_sets, spec.eval_batch_size)
     per_set = {name: ev.metrics for name, ev in evaluations.items()}
     for name, m in per_set.items():

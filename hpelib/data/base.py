@@ -135,11 +135,16 @@ class PoseDataset(Dataset):
     cache_dir: folder for the decoded-crop cache, or None for no cache.
     cache_resolution: side ``C`` of cached training base crops.
     dataset_id: the data set kind and root, part of the cache key.
+    face_boxes: :class:`~hpelib.data.crops.FaceBoxes` when the crops come from
+        tight face boxes (AFLW2000, 300W-LP): a model trained or tested on it
+        records the recipe to crop new face boxes the same way.
     """
 
     def __init__(self, *, load: Callable, names: Sequence[str], poses: np.ndarray, regions, preset: EvalPreset,
-                 seed: int = 0, cache_dir=None, cache_resolution: int | None = None, dataset_id: str = ""):
+                 seed: int = 0, cache_dir=None, cache_resolution: int | None = None, dataset_id: str = "",
+                 face_boxes=None):
         self.load = load
+        self.face_boxes = face_boxes
         self.names = list(names)
         self.poses = np.asarray(poses, dtype=np.float32).reshape(-1, 3)
         if len(self.names) != len(self.poses):

@@ -26,6 +26,8 @@ Cropping (``crop_resize``)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 import os
 
@@ -81,6 +83,22 @@ def landmark_box(pt2d, drop_invisible: bool = True, where: str = "landmarks") ->
     if box[2] <= box[0] or box[3] <= box[1]:
         raise DataError(f"{where}: landmarks span an empty box {box.tolist()}; the label file is corrupt")
     return box
+
+
+@dataclass(frozen=True)
+class FaceBoxes:
+    """The tight face boxes of a data set's samples (``[N, 4]``) and how its test crops enlarge them.
+
+    A model keeps ``k`` and ``factors`` (:class:`hpelib.models.InputSpec`) to crop
+    the face boxes it is given later the same way.
+    """
+
+    boxes: np.ndarray
+    k: float
+    factors: tuple
+
+    def regions(self) -> np.ndarray:
+        return enlarge_box(self.boxes, self.k, self.factors)
 
 
 def enlarge_box(box, k, factors=LP300W_FACTORS) -> np.ndarray:

@@ -34,7 +34,7 @@ import numpy as np
 import scipy.io
 
 from .base import FileSource, FixedRegions, PoseDataset, RandomEnlarge
-from .crops import AFLW2000_FACTORS, LP300W_FACTORS, enlarge_box, landmark_box
+from .crops import AFLW2000_FACTORS, LP300W_FACTORS, FaceBoxes, landmark_box
 from .errors import DataError
 from ..io import atomic_write
 
@@ -155,13 +155,11 @@ def load_300w_lp(root, preset, *, split="all", seed=0, cache_dir=None, cache_res
     names, paths, poses, lm = _read_labels(pairs, max_angle, drop_invisible_landmarks, cache_dir)
     if not names:
         raise DataError(f"{root}: every sample was removed by the +-{max_angle} degree filter")
-    if preset.train:
-        regions = RandomEnlarge(lm, k_range, LP300W_FACTORS)
-    else:
-        regions = FixedRegions(enlarge_box(lm, eval_k, LP300W_FACTORS))
+    faces = FaceBoxes(lm, eval_k, LP300W_FACTORS)
+    regions = RandomEnlarge(lm, k_range, LP300W_FACTORS) if preset.train else FixedRegions(faces.regions())
     return PoseDataset(load=FileSource(paths), names=names, poses=poses, regions=regions, preset=preset, seed=seed,
                        cache_dir=cache_dir, cache_resolution=cache_resolution,
-                       dataset_id=f"300w_lp:{root.resolve()}")
+                       dataset_id=f"300w_lp:{root.resolve()}", face_boxes=faces)
 
 
 def load_aflw2000(root, preset, *, split="all", seed=0, cache_dir=None, cache_resolution=None, k=0.2,
@@ -175,7 +173,7 @@ def load_aflw2000(root, preset, *, split="all", seed=0, cache_dir=None, cache_re
     names, paths, poses, lm = _read_labels(pairs, max_angle, drop_invisible_landmarks, cache_dir)
     if not names:
         raise DataError(f"{root}: every sample was removed by the +-{max_angle} degree filter")
-    regions = FixedRegions(enlarge_box(lm, k, AFLW2000_FACTORS))
-    return PoseDataset(load=FileSource(paths), names=names, poses=poses, regions=regions, preset=preset, seed=seed,
-                       cache_dir=cache_dir, cache_resolution=cache_resolution,
-                       dataset_id=f"aflw2000:{root.resolve()}")
+    faces = FaceBoxes(lm, k, AFLW2000_FACTORS)
+    return PoseDataset(load=FileSource(paths), names=names, poses=poses, regions=FixedRegions(faces.regions()),
+                       preset=preset, seed=seed, cache_dir=cache_dir, cache_resolution=cache_resolution,
+                       dataset_id=f"aflw2000:{root.resolve()}", face_boxes=faces)

@@ -29,6 +29,7 @@ import torch
 from ..angles import flip_pose
 
 __all__ = [
+    "EVAL_CROP_FRACTION",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "to_tensor",
@@ -40,6 +41,8 @@ __all__ = [
     "make_preset",
 ]
 
+#: the test crop of Hopenet and 6DRepNet: Resize(256) + CenterCrop(224), as a fraction of the region
+EVAL_CROP_FRACTION = 224 / 256
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -103,7 +106,7 @@ class EvalPreset:
 
     train = False
 
-    def __init__(self, size: int, crop_fraction: float = 224 / 256):
+    def __init__(self, size: int, crop_fraction: float = EVAL_CROP_FRACTION):
         _check_size_fraction(size, crop_fraction)
         self.size = int(size)
         self.crop_fraction = float(crop_fraction)

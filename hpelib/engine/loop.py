@@ -30,6 +30,7 @@ validation set is the test set, as in the paper's protocols).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ _RESUMABLE = ("epoch", "optimizer", "scheduler", "history", "rng")
 
 
 def train(model_cfg, train_set, val_set, train_cfg, out_dir, *, resume: bool = True,
-          stop_after_epoch: Optional[int] = None, on_epoch_end: Optional[EpochCallback] = None) -> dict:
+          stop_after_epoch: Optional[int] = None, on_epoch_end: Optional[EpochCallback] = None,
+          input_spec=None) -> dict:
     """Train a head pose model (with the SSL tasks of ``model_cfg`` as auxiliary losses).
 
     ``model_cfg``: ``hpelib.models.ModelConfig`` or dict; ``train_set`` /
@@ -68,6 +70,9 @@ def train(model_cfg, train_set, val_set, train_cfg, out_dir, *, resume: bool = T
     checkpointed, e.g. to split a run across time-limited jobs.
     ``on_epoch_end(info)`` is called on every rank after each epoch's checkpoint
     with ``epoch`` (finished epochs), ``model``, ``history``, ``rank``.
+    ``input_spec`` (:class:`hpelib.models.InputSpec`) is saved in ``model.pt``
+    as ``input``, what the model expects; by default it is that of ``val_set``,
+    else of ``train_set`` (:func:`hpelib.models.inputs.input_spec_of`).
 
     Returns the result dict (also stored in ``checkpoint.pt``): ``kind``,
     ``epochs``, ``train_time_s``, ``train_loss`` (dict), ``val`` (metrics or
@@ -76,7 +81,7 @@ def train(model_cfg, train_set, val_set, train_cfg, out_dir, *, resume: bool = T
     ``out_dir`` and ``train_time_s``.
     """
     return _run(_Job("train", model_cfg, train_cfg, train_set, val_set, out_dir, resume=resume,
-                     stop_after_epoch=stop_after_epoch, on_epoch_end=on_epoch_end))
+                     stop_after_epoch=stop_after_epoch, on_epoch_end=on_epoch_end, input_spec=input_spec))
 
 
 def pretrain(model_cfg, image_set, train_cfg, out_dir, *, resume: bool = True,
@@ -110,6 +115,7 @@ class _Job:
     resume: bool = True
     stop_after_epoch: Optional[int] = None
     on_epoch_end: Optional[EpochCallback] = None
+    input_spec: object = None  # an InputSpec (None: from the validation, else the training set)
     model_config: dict = field(init=False)  # model_cfg as stored in the files
 
     def __post_init__(self):
@@ -118,6 +124,13 @@ class _Job:
             self.cfg = TrainConfig.from_dict(self.cfg)
         self.out_dir = Path(self.out_dir)
         self.model_config = C.model_config_dict(self.model_cfg)
+        from ..models.inputs import InputSpec, input_spec_of
+
+        if isinstance(self.input_spec, dict):
+            self.input_spec = InputSpec.from_dict(self.input_spec)
+        elif self.input_spec is None:
+            with contextlib.suppress(AttributeError):  # a data set without a preset: nothing to record
+                self.input_spec = input_spec_of(self.val_set if self.val_set is not None else self.train_set)
 
     @property
     def checkpoint(self) -> Path:
@@ -325,7 +338,8 @@ def _finish(fit: _Fit) -> dict:
     result = _result(fit)
     if fit.info.is_main:
         C.save({"model_config": job.model_config, "model": fit.model.state_dict(), "epoch": job.cfg.epochs,
-                "kind": job.kind}, job.out_dir / MODEL)
+                "kind": job.kind, "input": job.input_spec.to_dict() if job.input_spec is not None else None},
+               job.out_dir / MODEL)
         final = _state(fit, job.cfg.epochs)
         final["result"] = result
         C.save(final, job.checkpoint)
