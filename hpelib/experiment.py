@@ -155,6 +155,9 @@ def run_hpe(spec: RunSpec, out_dir) -> dict:
     evaluations = evaluate_on_sets(folder.model, test_sets, spec.eval_batch_size)
     per_set = {name: ev.metrics for name, ev in evaluations.items()}
     for name, m in per_set.items():
+        if m["n"] == 0:
+            raise ValueError(f"test set {name!r} has no labelled image: a head pose run is tested on labels; "
+                             "to predict unlabelled pictures use notebooks/evaluate.ipynb or python -m hpelib.predict")
         if not all(math.isfinite(m[k]) for k in ("yaw", "pitch", "roll", "mae", "geodesic")):
             raise FloatingPointError(f"test set {name!r}: non-finite errors {m} (run folder {folder.path})")
     constant = {name: constant_prediction_metrics(train_set.poses, ds.poses) for name, ds in test_sets.items()}

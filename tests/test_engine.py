@@ -208,8 +208,10 @@ def test_evaluate_returns_predictions_and_metrics_and_writes_nothing(tmp_path):
     assert again.metrics == pytest.approx(ev.metrics)
     unnamed = evaluate(model, torch.utils.data.TensorDataset(test_set.images, torch.zeros(10, 3)), progress=False)
     assert unnamed.names == [str(i) for i in range(10)]
-    with pytest.raises(ValueError, match="no labeled sample"):
-        evaluate(model, TinyPoses(n=4, unlabeled=range(4)), progress=False)
+    # a set without any label (a folder of face crops): predictions, empty errors, n = 0
+    unlabelled = evaluate(model, TinyPoses(n=4, unlabeled=range(4)), progress=False)
+    assert unlabelled.metrics == {"n": 0} and unlabelled.pred.shape == (4, 3) and np.isfinite(unlabelled.pred).all()
+    assert unlabelled.frame()[["yaw_err", "geodesic_err", "mae_err"]].isna().all().all()
 
 
 def test_cli_trains_and_tests_from_a_config_file(tmp_path, synth_root, capsys):

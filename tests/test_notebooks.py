@@ -39,3 +39,26 @@ def test_runner_parameters_exist_in_notebooks(kind, tmp_path):
         assert runs, f"{path.name} has no {kind} runs"
         passed = set().union(*(r.params for r in runs)) | {"out_dir"}
         assert passed <= declared, f"{path.name}: {sorted(passed - declared)} not in {kind}.ipynb's parameters"
+
+
+def test_evaluate_notebook_on_unlabelled_face_crops(tmp_path):
+    """A folder of face crops without labels: predictions for every picture, empty error columns."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from hpelib.data.synthetic import render_heads, sample_poses
+
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for i, image in enumerate(render_heads(sample_poses(3, seed=1), 48, seed=1)):
+        Image.fromarray(image).save(crops / f"face{i}.png")
+    out = tmp_path / "out"
+    papermill.execute_notebook(str(NOTEBOOKS / "evaluate.ipynb"), str(tmp_path / "evaluate.ipynb"),
+                               parameters={"data": {"name": "folder", "root": str(crops)}, "out_dir": str(out)},
+                               kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert sorted(predictions["name"]) == ["face0.png", "face1.png", "face2.png"]
+    assert predictions[["yaw_pred", "pitch_pred", "roll_pred"]].notna().all().all()
+    assert predictions[["yaw_err", "pitch_err", "roll_err", "geodesic_err"]].isna().all().all()
+    assert np.isfinite(predictions["yaw_pred"]).all()

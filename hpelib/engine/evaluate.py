@@ -90,7 +90,9 @@ def evaluate(model_or_checkpoint, dataset, batch_size: int = 64, device="auto", 
 
     Returns an :class:`Evaluation`: the predictions and, in ``.metrics``, the
     errors of :func:`hpelib.metrics.summarize_errors` (``yaw``, ``pitch``,
-    ``roll``, ``mae``, ``geodesic``, ``n``) on the labeled samples. Nothing is
+    ``roll``, ``mae``, ``geodesic``, ``n``) on the labeled samples. A set
+    without any label (a folder of face crops) gets its predictions, empty
+    error columns in ``.frame()``, and ``.metrics == {"n": 0}``. Nothing is
     written: store the result with :meth:`hpelib.runs.RunFolder.write_metrics`
     and :meth:`~hpelib.runs.RunFolder.write_predictions` (``{test_set: evaluation.frame()}``).
     """
@@ -104,7 +106,8 @@ def evaluate(model_or_checkpoint, dataset, batch_size: int = 64, device="auto", 
     else:
         raise TypeError(f"evaluate() needs an nn.Module or a checkpoint path, got {type(model_or_checkpoint).__name__}")
     pred, true = predict_dataset(model, dataset, batch_size, dev, num_workers, progress=progress)
-    return Evaluation(_names(dataset, len(pred)), pred, true, summarize_predictions(pred, true))
+    metrics = summarize_predictions(pred, true) if M.labelled_rows(true).any() else {"n": 0}
+    return Evaluation(_names(dataset, len(pred)), pred, true, metrics)
 
 
 def _names(dataset, n: int) -> list[str]:
