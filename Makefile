@@ -12,7 +12,7 @@ OUT    ?= results/default
 JOBS   ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: study test lab benchmark venv clean-venv
+.PHONY: study test lab benchmark gpu-check venv clean-venv
 
 venv: $(STAMP)
 
@@ -33,6 +33,9 @@ lab: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+
+gpu-check: $(STAMP)
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean-venv:
 	rm -rf $(VENV)
