@@ -25,9 +25,10 @@ this module is the only one that knows its layout. What the folder holds:
     The engine's log, one self-contained line per event, appended as it happens:
     ``epoch k/N: loss ...`` per finished epoch, ``resumed from epoch k/N
     (checkpoint.pt)``, ``finished: N epochs in S s`` (its last line shows progress).
-``study_run.json``, ``FAILED``, ``kernel.log``
+``study_run.json``, ``FAILED``, ``kernel.log``, ``slurm_job.json``
     Written by the study runner: what it asked for and whether it completed,
-    why it failed, the kernel's stderr.
+    why it failed, the kernel's stderr, and the SLURM job of a run submitted
+    with ``--executor slurm``.
 
 Ids and labels are built here too, so that the study, the notebooks and the
 report agree: :func:`run_id`, :func:`pretrain_run_id`, :func:`method_label`,
@@ -55,6 +56,7 @@ LOG = "train.log"
 STUDY_RUN = "study_run.json"
 FAILED = "FAILED"
 KERNEL_LOG = "kernel.log"
+SLURM_JOB = "slurm_job.json"
 
 #: keys every test-set block of a complete ``metrics.json`` holds
 METRIC_KEYS = ("yaw", "pitch", "roll", "mae", "geodesic", "n", "train_time_s")

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .slurm_env import torch_distributed_env_from_slurm
+
 
 @dataclass
 class DistInfo:
@@ -37,11 +39,17 @@ def launched_by_torchrun() -> bool:
 
 
 def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
-    """Join the process group when launched by torchrun; returns the info and this process's device.
+    """Join the process group when launched by torchrun or by ``srun`` with several tasks.
 
+    Returns the info and this process's device. SLURM's task variables are
+    mapped to torch.distributed's (:mod:`hpelib.engine.slurm_env`) when there
+    is more than one task; a single SLURM task (a study's run) trains alone.
     If a group is already initialized (e.g. by the caller) it is used as is and
     left for the caller to destroy.
     """
+    slurm = torch_distributed_env_from_slurm(os.environ)
+    if int(slurm.get("WORLD_SIZE", "1")) > 1:
+        os.environ.update(slurm)
     if dist.is_available() and dist.is_initialized():
         info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     elif launched_by_torchrun() and dist.is_available():

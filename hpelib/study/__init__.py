@@ -5,6 +5,7 @@ Usage (from the repository root)::
     python -m hpelib.study studies/default.yaml [--out results/default] [--jobs N]
                                                 [--dry-run] [--only PATTERN] [--force]
                                                 [--no-report] [--gpus 0,1]
+                                                [--executor slurm --slurm-partition P ...]
 
 A study file describes the paper's design as a grid: **scenarios** (each a list
 of *variants*: which SSL method is used as pre-training, which as auxiliary
@@ -43,8 +44,11 @@ environment substitution; ``${HPELIB_SHARED_DATA}`` defaults to
 
 The package by layer: :mod:`.schema` (reading and checking the file),
 :mod:`.plan` (runs and their specs), :mod:`.execute` (one run's folder and
-child process), :mod:`.scheduler` (dependencies and slots), :mod:`.pool`
-(k-fold pooling), :mod:`.runner` (the whole study and the command line).
+child process), :mod:`.executors` (where runs execute: local child processes,
+or SLURM jobs through submitit with ``--executor slurm``), :mod:`.scheduler`
+(dependencies and slots), :mod:`.lock` (one runner per results folder),
+:mod:`.pool` (k-fold pooling), :mod:`.runner` (the whole study and the
+command line).
 """
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ from . import notebook_process
 from .plan import Run
 from .schema import REPO_ROOT
 
-__all__ = ["is_complete", "prepare_folder", "write_meta", "Execution", "kernel_env", "gpu_ids"]
+__all__ = ["is_complete", "prepare_folder", "write_meta", "Execution", "kernel_env", "gpu_ids", "notebook_request",
+           "checked_result", "error_record"]
 
 _REQUEST = ".execution_request.json"
 _RESULT = ".execution_result.json"
@@ -102,9 +103,7 @@ class Execution:
 
     def __init__(self, run: Run, folder: Path, env: dict[str, str], timeout_s: float | None = None):
         self.run, self.folder = run, Path(folder)
-        request = {"notebook": str(run.notebook), "output": str(self.folder / run.notebook.name),
-                   "parameters": dict(run.params, out_dir=str(self.folder)), "cwd": str(self.folder),
-                   "timeout_s": timeout_s, "result": str(self.folder / _RESULT)}
+        request = dict(notebook_request(run, self.folder, timeout_s), result=str(self.folder / _RESULT))
         (self.folder / _RESULT).unlink(missing_ok=True)
         write_json(self.folder / _REQUEST, request)
         with open(self.folder / KERNEL_LOG, "ab") as log:
@@ -120,15 +119,12 @@ class Execution:
         try:
             result = read_json(self.folder / _RESULT)
         except (OSError, json.JSONDecodeError):
-            result = {"ok": False, "seconds": 0.0, "error": _error(
+            result = {"ok": False, "seconds": 0.0, "error": error_record(
                 "ProcessDied", f"the notebook process exited with status {code} without a result "
                                f"(killed? see {self.folder / KERNEL_LOG})")}
         for name in (_REQUEST, _RESULT):
             (self.folder / name).unlink(missing_ok=True)
-        if result["ok"] and not (self.folder / METRICS).is_file():
-            result = dict(result, ok=False, error=_error(
-                "MissingMetrics", f"the notebook finished but wrote no {METRICS} in {self.folder}"))
-        return result
+        return checked_result(result, self.folder)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -139,5 +135,20 @@ class Execution:
                 self.process.kill()
 
 
-def _error(ename: str, evalue: str) -> dict:
+def notebook_request(run: Run, folder: Path, timeout_s: float | None = None) -> dict:
+    """The arguments of :func:`.notebook_process.execute` that run ``run``'s notebook into ``folder``."""
+    return {"notebook": str(run.notebook), "output": str(folder / run.notebook.name),
+            "parameters": dict(run.params, out_dir=str(folder)), "cwd": str(folder), "timeout_s": timeout_s}
+
+
+def checked_result(result: dict, folder: Path) -> dict:
+    """A finished notebook's ``{"ok", "seconds", "error"}``, failed when it wrote no ``metrics.json``."""
+    if result["ok"] and not (Path(folder) / METRICS).is_file():
+        result = dict(result, ok=False, error=error_record(
+            "MissingMetrics", f"the notebook finished but wrote no {METRICS} in {folder}"))
+    return result
+
+
+def error_record(ename: str, evalue: str) -> dict:
+    """The ``error`` of a run that failed outside any notebook cell."""
     return {"cell_index": None, "exec_count": None, "ename": ename, "evalue": evalue, "cell": None}

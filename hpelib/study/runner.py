@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import yaml
 
 from ..io import read_json, write_json, write_text
 from ..runs import CHECKPOINT, FAILED, HISTORY, LOG, METRICS, UNLEARNED_RATIO, RunFolder, unlearned_keys
-from .execute import Execution, gpu_ids, is_complete, kernel_env, prepare_folder, write_meta
+from .execute import error_record, is_complete, prepare_folder, write_meta
+from .executors import LocalExecutor, SlurmOptions, SubmititExecutor
 from .lock import StudyLock
 from .plan import expand, select
 from .pool import pool_folds
@@ -30,14 +32,18 @@ def _failure_line(rid: str, err: dict, limit: int) -> str:
     return f"{rid}: {_where(err)}: {err['ename']}: {err['evalue'][:limit]}"
 
 
-def run_study(study_path, out=None, jobs: int = 1, dry_run: bool = False, only: list[str] | None = None,
-              force: bool = False, report: bool = True, gpus: str | None = None, echo=print) -> int:
+def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = False, only: list[str] | None = None,
+              force: bool = False, report: bool = True, gpus: str | None = None, echo=print,
+              slurm: SlurmOptions | None = None) -> int:
     """Run (or continue) a study; returns the exit status (0: every selected run complete, 130: interrupted).
 
-    The results folder is locked while the study runs (:class:`~hpelib.study.lock.StudyLock`):
-    a second runner on the same folder stops with an error naming the holder.
+    Each run executes in a child process (``jobs`` at a time, default 1), or,
+    with ``slurm``, as a SLURM job (``jobs``: jobs in the queue at once, default
+    no bound; see :mod:`hpelib.study.executors`). The results folder is locked
+    while the study runs (:class:`~hpelib.study.lock.StudyLock`): a second runner
+    on the same folder stops with an error naming the holder.
     """
-    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+    if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise StudyError(f"--jobs must be an integer >= 1, got {jobs!r}")
     study = load_study(study_path)
     out = Path(out if out is not None else REPO_ROOT / "results" / study["name"]).resolve()
@@ -59,13 +65,16 @@ def run_study(study_path, out=None, jobs: int = 1, dry_run: bool = False, only: 
         if lock.previous:
             echo(f"note: taking over {out} from a runner that is no longer running "
                  f"(pid {lock.previous.get('pid')} on {lock.previous.get('host')})")
+        if slurm is None:
+            slots, executor = jobs or 1, LocalExecutor(jobs or 1, gpus, study.get("timeout_s"))
+        else:
+            slots, executor = jobs or len(runs), SubmititExecutor(out, slurm, study.get("timeout_s"))
         try:
-            status = _execute(study, out, runs, jobs, force, gpus)
+            status = _execute(study, out, runs, executor, slots, force)
         except KeyboardInterrupt:
             summary = read_json(out / "study_summary.json")["runs"]
             complete = sum(s["status"] in DONE for s in summary.values())
-            echo(f"interrupted: {complete} of {len(runs)} runs complete (kept); the running ones were stopped "
-                 "and keep their last finished epoch; run the same command again to continue")
+            echo(f"interrupted: {complete} of {len(runs)} runs complete (kept); {executor.interrupt_note()}")
             return 130
         rc = _summarise(study, out, status, echo)
         if report and study.get("report", True) and any(status[r.run_id]["status"] in DONE
@@ -99,8 +108,12 @@ def _report(out: Path, planned, echo) -> int:
         return 1
 
 
-def _execute(study: dict, out: Path, runs, jobs: int, force: bool, gpus) -> dict:
-    """Run what is not complete; pool k-fold settings; returns each run's status. Writes the summary files."""
+def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool) -> dict:
+    """Run what is not complete, ``jobs`` at a time; pool k-fold settings; returns each run's status.
+
+    Writes the summary files. A run whose job an earlier runner submitted is
+    waited for, not started again (``executor.attach``); such runs go first.
+    """
     from tqdm.auto import tqdm
 
     done = {r.run_id for r in runs if not force and is_complete(r, out)}
@@ -112,11 +125,14 @@ def _execute(study: dict, out: Path, runs, jobs: int, force: bool, gpus) -> dict
     progress = _EpochProgress(out)
 
     def start(run, gpu):
+        attached = executor.attach(run, force, bar.write)
+        if attached is not None:
+            return attached
         folder = prepare_folder(run, out, force)
         resumed = progress.finished_epochs(run)
         if resumed:
             bar.write(f"RESUME {run.run_id}: from epoch {resumed}/{run.spec.train.epochs} (its checkpoint.pt)")
-        return Execution(run, folder, kernel_env(jobs, gpu), study.get("timeout_s"))
+        return executor.start(run, folder, gpu)
 
     def on_finish(run, result):
         if result["ok"]:
@@ -138,9 +154,10 @@ def _execute(study: dict, out: Path, runs, jobs: int, force: bool, gpus) -> dict
         if text != bar.postfix:  # redraw only when something changed
             bar.set_postfix_str(text)
 
-    scheduler = Scheduler(runs, done, jobs, gpu_ids(gpus) if jobs > 1 or gpus else [], start, on_finish, on_skip)
+    ordered = sorted(runs, key=lambda r: not executor.submitted(r))  # the scheduler still waits for dependencies
+    scheduler = Scheduler(ordered, done, jobs, executor.gpus, start, on_finish, on_skip)
     try:
-        status = scheduler.run(on_tick=on_tick)
+        status = scheduler.run(poll_s=executor.poll_s, on_tick=on_tick)
     finally:
         bar.close()
         status = scheduler.status
@@ -212,8 +229,7 @@ def _pool(out: Path, runs, status: dict, failures: list[dict]) -> None:
             try:
                 pool_folds(out, group, folds)
             except Exception as e:
-                err = {"run": group, "cell_index": None, "exec_count": None, "ename": type(e).__name__,
-                       "evalue": f"pooling the folds failed: {e}", "notebook": None, "cell": None}
+                err = dict(error_record(type(e).__name__, f"pooling the folds failed: {e}"), run=group, notebook=None)
                 failures.append(err)
                 status[group] = {"status": "failed", "error": err}
                 write_json(out / "failures.json", failures)
@@ -237,14 +253,19 @@ def _summarise(study: dict, out: Path, status: dict, echo) -> int:
     return 1 if bad else 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+    return parse
+
+
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,18 +274,43 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hpelib.study", description=doc.split("\n\n")[0])
     p.add_argument("study", help="study YAML file (see docs/STUDY.md)")
     p.add_argument("--out", help="output folder (default: results/<study name>)")
-    p.add_argument("--jobs", type=_positive_int, default=1,
-                   help="runs executed in parallel (one GPU each when GPUs are present)")
+    p.add_argument("--jobs", type=_positive_int,
+                   help="runs executed in parallel, one GPU each when GPUs are present (default 1); "
+                        "with --executor slurm: jobs in the queue at once (default: no bound)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are complete; run nothing")
     p.add_argument("--only", action="append", metavar="PATTERN",
                    help="run only ids matching this glob or substring (repeatable); their pre-training runs are added")
     p.add_argument("--force", action="store_true", help="re-run selected runs even when complete")
     p.add_argument("--no-report", action="store_true", help="do not build <out>/report at the end")
     p.add_argument("--gpus", help="comma-separated GPU ids to share among --jobs workers (default: all visible)")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local",
+                   help="local: child processes (default); slurm: one SLURM job per run, through submitit")
+    slurm = p.add_argument_group("SLURM (--executor slurm; see docs/STUDY.md, 'On a SLURM cluster')")
+    slurm.add_argument("--slurm-partition", metavar="P", help="partition (default: the cluster's default)")
+    slurm.add_argument("--slurm-gpus-per-run", type=_non_negative_int, default=1, metavar="N",
+                       help="GPUs of each job (1)")
+    slurm.add_argument("--slurm-time-min", type=_positive_int, default=240, metavar="M",
+                       help="time limit of each job in minutes (240)")
+    slurm.add_argument("--slurm-cpus-per-run", type=_positive_int, default=8, metavar="N", help="CPUs of each job (8)")
+    slurm.add_argument("--slurm-mem-gb", type=_positive_int, default=32, metavar="G", help="memory of each job (32)")
+    slurm.add_argument("--slurm-account", metavar="A", help="account to charge")
+    slurm.add_argument("--slurm-qos", metavar="Q", help="quality of service")
+    slurm.add_argument("--slurm-setup", action="append", default=[], metavar="CMD",
+                       help="shell line run in each job before the run, e.g. 'module load cuda' (repeatable)")
+    slurm.add_argument("--slurm-cluster", choices=("slurm", "local"), default="slurm",
+                       help=argparse.SUPPRESS)  # local: submitit's local executor (tests)
     a = p.parse_args(argv)
+    given = sorted(f"--{k.replace('_', '-')}" for k, v in vars(a).items()
+                   if k.startswith("slurm_") and v != p.get_default(k))
+    if a.executor == "local" and given:
+        p.error(f"{', '.join(given)} need(s) --executor slurm")
+    if a.executor == "slurm" and a.gpus:
+        p.error("--gpus is for --executor local; a SLURM job gets its GPUs from SLURM (--slurm-gpus-per-run)")
+    options = None if a.executor == "local" else SlurmOptions(
+        **{f.name: getattr(a, f"slurm_{f.name}") for f in dataclasses.fields(SlurmOptions)})
     try:
         return run_study(a.study, a.out, jobs=a.jobs, dry_run=a.dry_run, only=a.only, force=a.force,
-                         report=not a.no_report, gpus=a.gpus)
+                         report=not a.no_report, gpus=a.gpus, slurm=options)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
