@@ -6,7 +6,8 @@ image's right for a frontal face) in red, its y axis (towards the top of the
 head) in green and its z axis (out of the face, along the nose) in blue, the
 colours Hopenet's ``draw_axis`` uses. The projection is orthographic: a
 frontal pose draws the z axis as a point. Ground truth is drawn solid, a
-prediction dashed.
+prediction dashed. :func:`axis_ends` and :data:`AXIS_RGB` are the same axes
+and colours for drawing into pixels (``hpelib.predict`` draws them with OpenCV).
 
 Also the figures of a run: its loss curves (:func:`plot_losses`), the
 histograms of its test errors (:func:`error_histograms`) and its predictions
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
 from .angles import project_axes
@@ -31,11 +33,26 @@ from .runs import ERROR_COLUMNS, PRED_COLUMNS, with_errors
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["AXIS_COLORS", "display_image", "draw_pose_axes", "pose_grid", "dataset_grid", "extreme_predictions",
-           "prediction_grid", "plot_losses", "error_histograms"]
+__all__ = ["AXIS_COLORS", "AXIS_RGB", "axis_ends", "display_image", "draw_pose_axes", "pose_grid", "dataset_grid",
+           "extreme_predictions", "prediction_grid", "plot_losses", "error_histograms"]
 
 #: colours of the head's x, y and z axes
 AXIS_COLORS = ("tab:red", "tab:green", "tab:blue")
+#: the same colours as 8-bit RGB, for drawing into pixels
+AXIS_RGB = tuple(tuple(round(255 * c) for c in to_rgb(name)) for name in AXIS_COLORS)
+
+
+def axis_ends(pose, center, size: float) -> np.ndarray | None:
+    """End points ``[3, 2]`` (x right, y down, pixels) of the head's x, y, z axes drawn from ``center``.
+
+    ``pose``: (yaw, pitch, roll) degrees; ``size``: axis length in pixels.
+    None when the pose is not finite (nothing to draw). Row ``i`` goes with
+    colour ``i`` of :data:`AXIS_COLORS` / :data:`AXIS_RGB`.
+    """
+    p = np.asarray(torch.as_tensor(pose).detach().cpu(), dtype=np.float64).reshape(3)
+    if not np.isfinite(p).all():
+        return None
+    return np.asarray(center, dtype=np.float64).reshape(1, 2) + project_axes(p, float(size))
 
 
 def display_image(image) -> np.ndarray:
@@ -72,14 +89,11 @@ def draw_pose_axes(ax, image, pose=None, pred=None, size: float | None = None, c
     size = 0.4 * min(h, w) if size is None else float(size)
     cx, cy = ((w - 1) / 2.0, (h - 1) / 2.0) if center is None else (float(center[0]), float(center[1]))
     for p, style in ((pose, "-"), (pred, "--")):
-        if p is None:
+        ends = None if p is None else axis_ends(p, (cx, cy), size)
+        if ends is None:
             continue
-        p = np.asarray(torch.as_tensor(p).detach().cpu(), dtype=np.float64).reshape(3)
-        if not np.isfinite(p).all():
-            continue
-        dirs = project_axes(p, size)  # [3, 2]: x right, y down
-        for (dx, dy), color in zip(dirs, AXIS_COLORS):
-            ax.plot([cx, cx + dx], [cy, cy + dy], style, color=color, linewidth=linewidth)
+        for (ex, ey), color in zip(ends, AXIS_COLORS):
+            ax.plot([cx, ex], [cy, ey], style, color=color, linewidth=linewidth)
     ax.set_xlim(-0.5, w - 0.5)
     ax.set_ylim(h - 0.5, -0.5)
     ax.set_axis_off()
