@@ -14,7 +14,7 @@ import pytest
 from hpelib import study as st
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-NAMES = ["pretrain", "train", "evaluate", "report", "explore"]
+NAMES = ["pretrain", "train", "evaluate", "report", "explore", "predict"]
 
 
 @pytest.mark.parametrize("name", NAMES)
