@@ -1,0 +1,95 @@
+"""Smoke tests of the benchmarks against reference pipelines: each runs with tiny settings and prints its ratio table.
+
+``benchmarks/loader_speed.py`` and ``benchmarks/gpu_feed.py`` read a tiny
+AFLW2000-format folder written here (8 pictures), so they need no real data.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import face_landmarks, smooth_image, write_jpg, write_mat
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))  # the scripts import each other and throughput.py from there
+
+import gpu_feed  # noqa: E402
+import hmtl_sharing  # noqa: E402
+import loader_speed  # noqa: E402
+
+RATIO = re.compile(r"\| \d+(\.\d+)?x \|")
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    """8 AFLW2000-3D-format pictures (jpg + mat), every pose within the +-99 degree filter."""
+    root = tmp_path_factory.mktemp("aflw2000_bench")
+    for i in range(8):
+        name = root / f"image{i:05d}.jpg"
+        write_jpg(name, smooth_image(120, 100, i))
+        write_mat(name.with_suffix(".mat"), (10.0 * i - 30, 5.0, -3.0), face_landmarks(21))
+    return root
+
+
+def table_lines(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| size")
+            and not line.startswith("| variant") and not line.startswith("| loader")]
+
+
+def test_loader_speed_prints_ratio_table(tiny_folder, tmp_path, capsys):
+    rows = loader_speed.main(["--root", str(tiny_folder), "--sizes", "24", "--workers", "1", "--jitter", "0.2",
+                              "--batch", "2", "--rounds", "1", "--warmup", "0", "--cache-dir", str(tmp_path),
+                              "--profile", "--profile-samples", "4"])
+    out = capsys.readouterr().out
+    assert out.startswith("# machine: ") and "load average" in out
+    assert "| size | jitter | workers | reference | hpelib | hpelib / reference |" in out
+    assert len(rows) == 1 and set(loader_speed.VARIANTS) <= set(rows[0])
+    assert all(RATIO.search(line) for line in table_lines(out))
+    assert "# profile 24 px, jitter 0.2 hpelib:" in out and "POSES DIFFER" not in out and "same poses" in out
+
+
+def test_jitter_normalize_matches_hpelib_jitter():
+    """The fused jitter + normalisation equals hpelib's colour jitter then to_tensor (up to hpelib's uint8 rounding)."""
+    import numpy as np
+    import torch
+
+    from hpelib.data.transforms import color_jitter, to_tensor
+
+    image = np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    expected = to_tensor(color_jitter(image, 0.3, np.random.default_rng(1)))
+    factors = torch.from_numpy(1.0 + 0.3 * (2.0 * np.random.default_rng(1).random(3) - 1.0)).float()
+    got = loader_speed.jitter_normalize(torch.from_numpy(image).permute(2, 0, 1)[None], factors[None])[0]
+    assert (got - expected).abs().max() <= 0.51 / 255 / 0.224
+
+
+def test_hmtl_sharing_prints_ratio_table_and_checks_losses(capsys):
+    ok = hmtl_sharing.main(["--size", "32", "--batch", "4", "--rounds", "1", "--warmup", "0",
+                            "--tasks", "rotation", "simclr"])
+    out = capsys.readouterr().out
+    assert ok, out
+    lines = table_lines(out)
+    assert [line.split(" | ")[0] for line in lines] == ["| +rotation", "| +simclr", "| +all 2 tasks"]
+    assert all(RATIO.search(line) for line in lines)
+    assert "| 2 / 3 |" in lines[-1]
+
+
+def test_gpu_feed_prints_cores_needed(tiny_folder, tmp_path, capsys):
+    cores = gpu_feed.main(["--root", str(tiny_folder), "--size", "24", "--batch", "2", "--rounds", "1",
+                           "--cache-dir", str(tmp_path), "--gpu-rate", "1000", "--gpu-source", "a test figure"])
+    out = capsys.readouterr().out
+    assert "# GPU: 1000 training images/s, given: a test figure (estimated)" in out
+    assert "worker-cores needed (estimated)" in out
+    assert set(cores) == set(loader_speed.VARIANTS) and all(c > 0 for c in cores.values())
+
+
+def test_gpu_feed_cites_the_published_figure_without_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = type("Args", (), {"gpu_rate": None})()
+    rate, source = gpu_feed.gpu_rate(args)
+    assert rate == gpu_feed.PUBLISHED_RATE and source.startswith("estimated")
+    assert "DeepLearningExamples" in source and "https://" in source
