@@ -27,6 +27,12 @@ experiment) writes the run folder's metrics through :class:`hpelib.runs.RunFolde
 The final weights are those of the last epoch; the validation set is only
 monitored (no best-epoch selection, which would tune on the test set when the
 validation set is the test set, as in the paper's protocols).
+
+Why one module of ~450 lines: every step below reads and updates one run
+state (:class:`_Job`, what was asked; :class:`_Fit`, what trains it), and the
+order of its random draws is what makes a resumed run equal an uninterrupted
+one; kept together, that order can be read in one place. Checkpoint files are
+:mod:`.checkpoint`'s, data loading :mod:`.data`'s, DDP :mod:`.distributed`'s.
 """
 from __future__ import annotations
 
