@@ -38,9 +38,8 @@ import torch
 from torch import nn
 
 from .io import DiskFullError, atomic_write
-from .models import InputSpec, load_model, read_input_spec
+from .models import InputSpec, load_pose_model
 from .models.inputs import ANGLE_CONVENTION
-from .runs import MODEL
 
 __all__ = ["FORMATS", "DEFAULT_OPSET", "OPSETS", "INPUT_NAME", "OUTPUT_NAME", "PoseModule", "ExportMetadata", "export",
            "read_export_metadata", "main"]
@@ -122,14 +121,8 @@ def export(checkpoint, out_path=None, format: str = "onnx", opset: int | None = 
     opset = DEFAULT_OPSET if opset is None else opset
     if opset not in OPSETS:
         raise ValueError(f"ONNX opset {opset} is not supported; use one of {OPSETS.start}..{OPSETS.stop - 1}")
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        checkpoint = checkpoint / MODEL
-    model = load_model(checkpoint)
-    if model.pose_head is None:
-        raise ValueError(f"{checkpoint} is not a pose model (pose_head None: an SSL pre-training checkpoint); "
-                         "fine-tune it with a pose head (model.init=<this file>) and export that model")
-    meta = ExportMetadata(read_input_spec(checkpoint), model.config.to_dict(), str(checkpoint))
+    checkpoint, model, spec = load_pose_model(checkpoint)
+    meta = ExportMetadata(spec, model.config.to_dict(), str(checkpoint))
     out = Path(out_path) if out_path is not None else checkpoint.parent / FORMATS[format]
     module = PoseModule(model)
     if format == "onnx":

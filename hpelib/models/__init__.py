@@ -26,7 +26,7 @@ from .inputs import InputSpec, read_input_spec
 
 __all__ = ["ModelConfig", "build_model", "load_model", "read_checkpoint", "HMTLModel", "BACKBONES", "POSE_HEADS",
            "BUILTIN_INITS", "PoseHead", "build_backbone", "build_pose_head", "geodesic_loss", "is_checkpoint_init",
-           "load_backbone_checkpoint", "InputSpec", "read_input_spec"]
+           "load_backbone_checkpoint", "InputSpec", "read_input_spec", "load_pose_model", "NotAPoseModel"]
 
 
 def build_model(config: ModelConfig | dict) -> HMTLModel:
@@ -52,3 +52,25 @@ def load_model(path, map_location="cpu") -> HMTLModel:
         raise ValueError(f"checkpoint {path} does not fit its own model_config: {err}") from err
     model.config = ModelConfig.from_dict(ckpt["model_config"])
     return model
+
+
+class NotAPoseModel(ValueError):
+    """A checkpoint that has no pose head (an SSL pre-training ``model.pt``)."""
+
+
+def load_pose_model(checkpoint, map_location="cpu") -> tuple[Path, HMTLModel, InputSpec]:
+    """``(file, model, input spec)`` of a head pose run's ``model.pt`` (or its run folder), for inference.
+
+    Raises :class:`NotAPoseModel` for a model without a pose head, and the
+    errors of :func:`read_checkpoint` for a missing or unreadable file.
+    """
+    from ..runs import MODEL
+
+    path = Path(checkpoint)
+    path = path / MODEL if path.is_dir() else path
+    model = load_model(path, map_location)
+    if model.pose_head is None:
+        raise NotAPoseModel(f"{path} is not a pose model: {path.name} is an SSL pre-training checkpoint without a "
+                            "pose head; use the model.pt of a head pose run (or fine-tune this one with a pose "
+                            "head, model.init=<this file>)")
+    return path, model, read_input_spec(path)

@@ -7,20 +7,13 @@ float32, in eval mode, under ``torch.inference_mode()``, in batches.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from ..engine.config import resolve_device
-from ..models import InputSpec, load_model, read_input_spec
-from ..runs import MODEL
+from ..models import NotAPoseModel, load_pose_model
 
 __all__ = ["PoseModel", "NotAPoseModel"]
-
-
-class NotAPoseModel(ValueError):
-    """A checkpoint that has no pose head (an SSL pre-training ``model.pt``)."""
 
 
 class PoseModel:
@@ -36,13 +29,7 @@ class PoseModel:
     """
 
     def __init__(self, checkpoint, device="auto", batch_size: int = 32):
-        path = Path(checkpoint)
-        self.path = path / MODEL if path.is_dir() else path
-        model = load_model(self.path)
-        if model.pose_head is None:
-            raise NotAPoseModel(f"{self.path} is an SSL pre-training checkpoint without a pose head; "
-                                "use the model.pt of a head pose run")
-        self.spec: InputSpec = read_input_spec(self.path)
+        self.path, model, self.spec = load_pose_model(checkpoint)
         if int(batch_size) < 1:
             raise ValueError(f"batch size must be at least 1, got {batch_size}")
         self.batch_size = int(batch_size)
