@@ -21,7 +21,7 @@ from .engine import evaluate, pretrain, train
 from .metrics import labelled_rows, summarize
 from .models.inputs import input_spec_of
 from .runs import (CONFIG, RunFolder, RunRecord, constant_columns, init_label, method_label, run_id,
-                   unlearned_keys)
+                   training_summary, unlearned_keys)
 from .spec import RunSpec
 
 __all__ = ["dataset_from_spec", "hpe_datasets", "run_pretraining", "run_hpe", "evaluate_on_sets",
@@ -101,9 +101,7 @@ def run_pretraining(spec: RunSpec, out_dir) -> dict:
     folder.write_config(record)
     result = pretrain(spec.model, images, spec.train, folder.path)
     losses = folder.losses()
-    metrics = {"kind": "pretrain", "epochs": result["epochs"], "train_time_s": result["train_time_s"],
-               **{f"train_loss_{k}": v for k, v in result["train_loss"].items()},
-               "loss_first_epoch": float(losses["total"].iloc[0]),
+    metrics = {**training_summary(result), "loss_first_epoch": float(losses["total"].iloc[0]),
                "loss_last_epoch": float(losses["total"].iloc[-1]), "n_images": len(images)}
     if not math.isfinite(metrics["loss_last_epoch"]):
         raise FloatingPointError(f"pre-training in {folder.path} ended with a non-finite loss: "

@@ -194,6 +194,19 @@ def unlearned_keys(block: dict) -> list[str]:
             if k in block and f"constant_{k}" in block and bool(not_below(block[k], block[f"constant_{k}"]))]
 
 
+def training_summary(result: dict) -> dict:
+    """The training entries of ``metrics.json`` from the result of the engine's ``train()`` / ``pretrain()``.
+
+    ``kind``, ``epochs``, ``train_time_s``, ``train_loss_<name>`` of the last
+    epoch and ``val_<metric>`` of the last validation, if any.
+    """
+    out = {"kind": result["kind"], "epochs": result["epochs"], "train_time_s": result["train_time_s"]}
+    out.update({f"train_loss_{k}": v for k, v in result["train_loss"].items()})
+    if result.get("val"):
+        out.update({f"val_{k}": v for k, v in result["val"].items()})
+    return out
+
+
 def constant_columns(constant: dict) -> dict:
     """``constant_yaw/pitch/roll/mae`` (:data:`CONSTANT_KEYS`) from the constant predictor's errors."""
     return {f"constant_{k}": float(constant[k]) for k in ("yaw", "pitch", "roll", "mae")}

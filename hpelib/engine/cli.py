@@ -119,7 +119,7 @@ def _main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from hpelib.engine import evaluate, pretrain, train
-    from hpelib.runs import RunFolder
+    from hpelib.runs import RunFolder, training_summary
 
     cfg = load_run_config(args.config)
     out_dir = args.out_dir or cfg.get("out_dir")
@@ -158,7 +158,7 @@ def _main(argv=None) -> int:
         if rank0:
             print(_interrupted(folder, started if args.restart else None), file=sys.stderr)
         return 130
-    _write_results(folder, _training_summary(result), test_spec, evaluation)
+    _write_results(folder, training_summary(result), test_spec, evaluation)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -190,15 +190,6 @@ def _checkpoint_epochs(path) -> tuple[int, int] | None:
         return int(saved["epoch"]), int(saved["train_config"]["epochs"])
     except (ValueError, KeyError, TypeError, OSError):  # absent, unreadable, or not a resumable one
         return None
-
-
-def _training_summary(result: dict) -> dict:
-    """The training entries of ``metrics.json`` from the result of ``train()`` / ``pretrain()``."""
-    out = {"kind": result["kind"], "epochs": result["epochs"], "train_time_s": result["train_time_s"]}
-    out.update({f"train_loss_{k}": v for k, v in result["train_loss"].items()})
-    if result["val"]:
-        out.update({f"val_{k}": v for k, v in result["val"].items()})
-    return out
 
 
 def _stored_training_summary(folder) -> dict:
