@@ -119,9 +119,8 @@ class Execution:
         try:
             result = read_json(self.folder / _RESULT)
         except (OSError, json.JSONDecodeError):
-            result = {"ok": False, "seconds": 0.0, "error": error_record(
-                "ProcessDied", f"the notebook process exited with status {code} without a result "
-                               f"(killed? see {self.folder / KERNEL_LOG})")}
+            result = failed_outside_notebook("ProcessDied", f"the notebook process exited with status {code} without "
+                                                            f"a result (killed? see {self.folder / KERNEL_LOG})")
         for name in (_REQUEST, _RESULT):
             (self.folder / name).unlink(missing_ok=True)
         return checked_result(result, self.folder)
@@ -152,3 +151,8 @@ def checked_result(result: dict, folder: Path) -> dict:
 def error_record(ename: str, evalue: str) -> dict:
     """The ``error`` of a run that failed outside any notebook cell."""
     return {"cell_index": None, "exec_count": None, "ename": ename, "evalue": evalue, "cell": None}
+
+
+def failed_outside_notebook(ename: str, evalue: str) -> dict:
+    """The ``{"ok", "seconds", "error"}`` outcome of a run that failed before or after its notebook."""
+    return {"ok": False, "seconds": 0.0, "error": error_record(ename, evalue)}

@@ -32,14 +32,11 @@ from pathlib import Path
 from ..io import read_json, write_json
 from ..runs import KERNEL_LOG, SLURM_JOB
 from . import notebook_process
-from .execute import Execution, checked_result, error_record, gpu_ids, kernel_env, notebook_request
+from .execute import Execution, checked_result, failed_outside_notebook, gpu_ids, kernel_env, notebook_request
 from .plan import Run
 from .schema import StudyError
 
 __all__ = ["LocalExecutor", "SubmititExecutor", "SlurmOptions", "run_notebook"]
-
-#: in a run folder: the job submitted for it (job id, run id, fingerprint, submit time, submitit folder, logs);
-#: named here, not in :mod:`hpelib.runs`, as only this module reads it
 
 #: SLURM job states (``squeue -o %T``) of a job that has ended
 _ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "REVOKED",
@@ -172,23 +169,19 @@ class SubmittedRun:
             self._ended_at = self._ended_at or time.monotonic()
             if time.monotonic() - self._ended_at < self.executor.grace_s:
                 return None
-            return _failure("JobLost", f"job {self.job.job_id} ended without a result (killed, out of memory, "
-                                       f"over its time limit? state {self.job.state}); see {self.job.paths.stderr} "
-                                       f"and {self.folder / KERNEL_LOG}")
+            return failed_outside_notebook(
+                "JobLost", f"job {self.job.job_id} ended without a result (killed, out of memory, over its time "
+                           f"limit? state {self.job.state}); see {self.job.paths.stderr} and {self.folder / KERNEL_LOG}")
         try:
             result = self.job.result()
         except Exception as e:  # the job function itself failed on the node (an import error, a full disk ...)
-            return _failure("JobFailed", f"job {self.job.job_id} failed outside the notebook: "
-                                         f"{_exception_line(e)}; see {self.job.paths.stderr}")
+            return failed_outside_notebook("JobFailed", f"job {self.job.job_id} failed outside the notebook: "
+                                                        f"{_exception_line(e)}; see {self.job.paths.stderr}")
         return checked_result(result, self.folder)
 
     def stop(self) -> None:
         """Leave the job running (the next runner attaches to it); it is listed by ``interrupt_note``."""
         self.executor.detached.append(self.job.job_id)
-
-
-def _failure(ename: str, evalue: str) -> dict:
-    return {"ok": False, "seconds": 0.0, "error": error_record(ename, evalue)}
 
 
 def _exception_line(e: Exception) -> str:
