@@ -33,7 +33,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .crops import box_in_box, crop_resize, enlarge_box, load_image
-from .transforms import EvalPreset
+from .transforms import EvalPreset, centred_square
 
 __all__ = ["FixedRegions", "RandomEnlarge", "FileSource", "ArraySource", "PoseDataset", "make_rng"]
 
@@ -216,11 +216,8 @@ class PoseDataset(Dataset):
         outer = self.regions.outer(index)
         if self.preset.train:
             return crop_resize(image, outer, self.base_size)
-        if outer is None:
-            h, w = (image.shape[:2] if isinstance(image, np.ndarray) else (image.height, image.width))
-            box = self.preset.square(UNIT_BOX) * np.array([w, h, w, h])
-        else:
-            box = self.preset.square(outer)
+        h, w = (image.shape[:2] if isinstance(image, np.ndarray) else (image.height, image.width))
+        box = centred_square(w, h, outer, self.preset.crop_fraction)
         return crop_resize(image, box, self.base_size)
 
 

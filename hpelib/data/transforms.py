@@ -35,6 +35,7 @@ __all__ = [
     "to_tensor",
     "denormalize",
     "square_in_box",
+    "centred_square",
     "color_jitter",
     "EvalPreset",
     "TrainPreset",
@@ -68,6 +69,19 @@ def denormalize(tensor: torch.Tensor) -> np.ndarray:
         raise ValueError(f"denormalize expects a [3, H, W] tensor, got shape {tuple(t.shape)}")
     t = t * _STD + _MEAN
     return (t.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def centred_square(image_width: int, image_height: int, region, fraction: float) -> np.ndarray:
+    """The test-time crop of a picture: the centred square of ``region`` (``fraction`` x its shorter side).
+
+    ``region=None`` is the whole picture treated as a square: the square is
+    taken in normalized coordinates and scaled back, as whole-picture data
+    sets (folders, synthetic heads) crop.
+    """
+    if region is None:
+        unit = square_in_box((0.0, 0.0, 1.0, 1.0), fraction, None)
+        return unit * np.array([image_width, image_height, image_width, image_height], dtype=np.float64)
+    return square_in_box(region, fraction, None)
 
 
 def square_in_box(box, fraction: float, rng: np.random.Generator | None = None) -> np.ndarray:

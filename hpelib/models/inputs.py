@@ -26,12 +26,11 @@ import numpy as np
 import torch
 
 from ..data.crops import AFLW2000_FACTORS, crop_resize, enlarge_box
-from ..data.transforms import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, square_in_box, to_tensor
+from ..data.transforms import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, centred_square, to_tensor
 
 __all__ = ["InputSpec", "ANGLE_CONVENTION", "input_spec_of", "read_input_spec"]
 
 ANGLE_CONVENTION = "yaw, pitch, roll in degrees; R = Rz(roll) Ry(yaw) Rx(pitch) (hpelib.angles)"
-_UNIT_BOX = np.array([0.0, 0.0, 1.0, 1.0])
 
 
 @dataclass
@@ -62,11 +61,8 @@ class InputSpec:
 
     def region(self, image_width: int, image_height: int, box=None) -> np.ndarray:
         """The square cut out of the picture, ``x0, y0, x1, y1`` (may reach outside it)."""
-        if box is None:  # a face crop already: the whole picture, treated as a square
-            return square_in_box(_UNIT_BOX, self.crop_fraction, None) * np.array(
-                [image_width, image_height, image_width, image_height], dtype=np.float64)
-        return square_in_box(enlarge_box(np.asarray(box, np.float64), self.box_k, self.box_factors),
-                             self.crop_fraction, None)
+        region = None if box is None else enlarge_box(np.asarray(box, np.float64), self.box_k, self.box_factors)
+        return centred_square(image_width, image_height, region, self.crop_fraction)  # None: a face crop already
 
     def crop(self, image, box=None) -> torch.Tensor:
         """``FloatTensor[3, S, S]``, the model's input for ``image`` (PIL or uint8 ``[H, W, 3]`` RGB) and ``box``."""
