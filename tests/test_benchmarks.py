@@ -93,3 +93,24 @@ def test_gpu_feed_cites_the_published_figure_without_a_gpu(monkeypatch):
     rate, source = gpu_feed.gpu_rate(args)
     assert rate == gpu_feed.PUBLISHED_RATE and source.startswith("estimated")
     assert "DeepLearningExamples" in source and "https://" in source
+
+
+def test_ssl_pull_prints_a_ratio_and_weight_per_task(tiny_folder, tmp_path, capsys):
+    import ssl_pull
+
+    study = tmp_path / "s.yaml"
+    study.write_text(f"""name: s
+image_size: 32
+model: {{backbone: resnet18-narrow, pose_head: binned}}
+data:
+  train: {{name: aflw2000, root: "{tiny_folder}"}}
+  test: {{t: {{name: aflw2000, root: "{tiny_folder}"}}}}
+train: {{batch_size: 4}}
+scenarios: {{baseline: [{{}}]}}
+""")
+    ssl_pull.main([str(study), "--alpha", "1", "0.001", "--batches", "2"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| {")]
+    assert len(rows) == 2 * 5  # two alphas x five tasks
+    ratio = {(r.split("|")[1].strip(), r.split("|")[2].strip()): float(r.split("|")[3].split()[0]) for r in rows}
+    # the same SSL gradient next to a 1000x lighter MSE term: a larger ratio
+    assert ratio[("{'alpha': 0.001}", "rotation")] > 5 * ratio[("{'alpha': 1.0}", "rotation")]

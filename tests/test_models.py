@@ -238,6 +238,83 @@ def test_zero_ssl_weights_give_the_pose_only_loss():
     assert b["rotation"] > 0 and b["jigsaw"] > 0
 
 
+def _bn_buffers(model):
+    return {k: v.clone() for k, v in model.backbone.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def _train_three_steps(model, x, poses):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        loss = model.losses(x, poses, gen)["total"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_ssl_weight_zero_trains_exactly_the_pose_only_model():
+    """Same init, same batches: weights, BatchNorm running statistics and eval predictions bit-identical."""
+    x, poses = _data(8, 32)
+    pose_only = _train_three_steps(_model(seed=4).train(), x, poses)
+    hmtl = _train_three_steps(_model(seed=4, ssl_tasks={"rotation": {"weight": 0.0}}).train(), x, poses)
+    a, b = pose_only.state_dict(), hmtl.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(pose_only.predict(x), hmtl.predict(x))
+
+
+def test_ssl_views_leave_running_batchnorm_statistics_alone(monkeypatch):
+    """With a pose head only the clean pose batch moves the running statistics; the old behaviour (views
+    normalised in plain train mode) moves them, so this check can fail."""
+    from hpelib.models import hmtl as hmtl_mod
+
+    x, poses = _data(8, 32)
+    pose_only = _model(seed=1).train()
+    pose_only.losses(x, poses)
+    hmtl = _model(seed=1, ssl_tasks={"rotation": {"weight": 1.0}, "simclr": {"weight": 1.0}}).train()
+    hmtl.losses(x, poses, torch.Generator().manual_seed(0))
+    want, got = _bn_buffers(pose_only), _bn_buffers(hmtl)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert all(m.track_running_stats for m in hmtl.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    # the old behaviour, for contrast
+    monkeypatch.setattr(hmtl_mod, "batch_statistics_only", lambda module: hmtl_mod.nullcontext())
+    old = _model(seed=1, ssl_tasks={"rotation": {"weight": 1.0}, "simclr": {"weight": 1.0}}).train()
+    old.losses(x, poses, torch.Generator().manual_seed(0))
+    moved = _bn_buffers(old)
+    assert not torch.equal(moved["layer4.1.bn2.running_var"], want["layer4.1.bn2.running_var"])
+
+
+def test_pretraining_views_do_update_running_statistics():
+    """Without a pose head the views are the model's only inputs: they update the running statistics."""
+    m = _model(seed=2, pose_head=None, ssl_tasks={"rotation": {"weight": 1.0}}).train()
+    before = _bn_buffers(m)
+    m.losses(_data(4, 32)[0], None, torch.Generator().manual_seed(0))
+    after = _bn_buffers(m)
+    assert not torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])
+    assert int(after["bn1.num_batches_tracked"]) == 1
+
+
+def test_backbone_gradient_norms_measure_each_unweighted_loss():
+    from hpelib.models import backbone_gradient_norms
+
+    x, poses = _data(4, 32)
+    hmtl = _model(seed=6, ssl_tasks={"rotation": {"weight": 0.25}}).train()
+    norms = backbone_gradient_norms(hmtl, x, poses, torch.Generator().manual_seed(0))
+    assert set(norms) == {"pose", "rotation"} and all(p.grad is None for p in hmtl.parameters())
+    # the pose norm is that of the pose-only model's backbone gradient (same weights, same batch)
+    pose_only = _model(seed=6).train()
+    pose_only.load_state_dict(hmtl.state_dict(), strict=False)
+    pose_only.losses(x, poses)["pose"].backward()
+    want = torch.sqrt(sum((p.grad ** 2).sum() for p in pose_only.backbone.parameters()))
+    assert norms["pose"] == pytest.approx(float(want), rel=1e-4)
+    # a larger MSE weight in the binned head pulls harder: the ratio of an SSL task falls
+    heavy = _model(seed=6, pose_options={"alpha": 10.0}, ssl_tasks={"rotation": {"weight": 0.25}}).train()
+    heavy_norms = backbone_gradient_norms(heavy, x, poses, torch.Generator().manual_seed(0))
+    assert heavy_norms["rotation"] == pytest.approx(norms["rotation"], rel=1e-4)
+    assert heavy_norms["pose"] > 2 * norms["pose"]
+
+
 def test_gradients_reach_every_ssl_head_and_unlabelled_batches_work():
     tasks = {name: {"weight": 0.5} for name in ("rotation", "jigsaw", "jigsaw_perm", "simclr", "barlow")}
     m = _model(seed=0, pose_head="binned", ssl_tasks=tasks).train()

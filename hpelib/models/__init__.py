@@ -21,12 +21,13 @@ from .backbones import BACKBONES, build_backbone, load_backbone_checkpoint
 from .config import BUILTIN_INITS, ModelConfig, is_checkpoint_init
 from .files import plain_state_dict, read_checkpoint
 from .heads import POSE_HEADS, PoseHead, build_pose_head, geodesic_loss
-from .hmtl import HMTLModel
+from .hmtl import HMTLModel, backbone_gradient_norms
 from .inputs import InputSpec, read_input_spec
 
 __all__ = ["ModelConfig", "build_model", "load_model", "read_checkpoint", "HMTLModel", "BACKBONES", "POSE_HEADS",
            "BUILTIN_INITS", "PoseHead", "build_backbone", "build_pose_head", "geodesic_loss", "is_checkpoint_init",
-           "load_backbone_checkpoint", "InputSpec", "read_input_spec", "load_pose_model", "NotAPoseModel"]
+           "load_backbone_checkpoint", "InputSpec", "read_input_spec", "load_pose_model", "NotAPoseModel",
+           "backbone_gradient_norms"]
 
 
 def build_model(config: ModelConfig | dict) -> HMTLModel:

@@ -14,6 +14,17 @@
    backbone in one concatenated forward pass, otherwise one pass per task; each
    task's loss is computed on the features of its own views only. The pose
    head never sees rotated, shuffled or augmented views.
+
+   **BatchNorm statistics.** When the model has a pose head, the SSL pass
+   normalises with its own batch statistics but does **not** update the
+   backbone's running mean/variance (:func:`batch_statistics_only`): the
+   running statistics, which evaluation uses, come from the clean pose
+   batches only, i.e. from inputs like the test images. An SSL weight of 0
+   therefore gives exactly the pose-only model (weights, running statistics
+   and predictions; tested bit for bit). A model without pose head (SSL
+   pre-training) lets its views update them: they are its only inputs, and
+   fine-tuning re-estimates them on pose batches (momentum 0.1, i.e. within
+   some tens of steps).
 3. ``total = pose_weight * pose + sum_i weight_i * ssl_i``. Tasks with weight
    0 are still computed (logged, no gradient).
 
@@ -26,6 +37,8 @@ State-dict layout: ``backbone.*`` (torchvision ResNet keys), ``pose_head.*``,
 """
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
+
 import torch
 from torch import nn
 
@@ -36,7 +49,23 @@ from .backbones import build_backbone, is_checkpoint_init, load_backbone_checkpo
 from .config import ModelConfig
 from .heads import build_pose_head
 
-__all__ = ["HMTLModel"]
+__all__ = ["HMTLModel", "batch_statistics_only", "backbone_gradient_norms"]
+
+
+@contextmanager
+def batch_statistics_only(module: nn.Module):
+    """Inside the block, the BatchNorm layers of ``module`` that are training normalise with the batch's
+    statistics without updating their running buffers (nor ``num_batches_tracked``); layers in eval mode are
+    unchanged (they use their running statistics either way)."""
+    layers = [m for m in module.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    for m in layers:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.track_running_stats = True
 
 
 class HMTLModel(nn.Module):
@@ -107,15 +136,43 @@ class HMTLModel(nn.Module):
             total = self.pose_weight * out["pose"]
         if len(self.ssl):
             made = [task.make_views(images, generator) for task in self.ssl.values()]
-            views = [v for v, _ in made]
-            if all(v.shape[1:] == views[0].shape[1:] for v in views):
-                sizes = [v.shape[0] for v in views]
-                feats = self.backbone(match_memory_format(torch.cat(views, 0), images)).split(sizes, 0)
-            else:
-                feats = [self.backbone(v) for v in views]
+            feats = self._ssl_features([v for v, _ in made], images)
             for (name, task), f, (_, targets) in zip(self.ssl.items(), feats, made):
                 out[name] = task.loss(f, targets).float()
                 term = self.ssl_weights[name] * out[name]
                 total = term if total is None else total + term
         out["total"] = total
         return out
+
+    def _ssl_features(self, views: list, images: torch.Tensor) -> list:
+        """Backbone features of each task's views (one pass when their shapes agree); with a pose head, the
+        views leave the running BatchNorm statistics alone (module doc)."""
+        keep_stats = batch_statistics_only(self.backbone) if self.pose_head is not None else nullcontext()
+        with keep_stats:
+            if all(v.shape[1:] == views[0].shape[1:] for v in views):
+                sizes = [v.shape[0] for v in views]
+                return list(self.backbone(match_memory_format(torch.cat(views, 0), images)).split(sizes, 0))
+            return [self.backbone(v) for v in views]
+
+
+
+def backbone_gradient_norms(model: HMTLModel, images: torch.Tensor, poses: torch.Tensor | None = None,
+                            generator: torch.Generator | None = None) -> dict:
+    """How hard each loss pulls on the shared backbone: ``{component: L2 norm of d loss / d backbone}``.
+
+    One :meth:`HMTLModel.losses` call; the gradient of each **unweighted**
+    component (``"pose"`` and every task, not ``"total"``) with respect to all
+    backbone parameters, as one vector norm. The ratio ``norms[task] /
+    norms["pose"]`` times the task's weight is the auxiliary task's pull
+    relative to the pose loss (docs/STUDY.md, "Loss scales"). Gradients of the
+    model's parameters (``.grad``) are left untouched.
+    """
+    out = model.losses(images, poses, generator)
+    params = [p for p in model.backbone.parameters() if p.requires_grad]
+    norms = {}
+    for name, loss in out.items():
+        if name == "total" or not loss.requires_grad:
+            continue
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        norms[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
+    return norms
