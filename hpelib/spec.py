@@ -42,17 +42,32 @@ KINDS = ("train", "pretrain")
 
 @dataclass
 class KFold:
-    """Train on the other ``k - 1`` folds of ``train_data``, test on fold ``fold`` (split seeded by ``seed``)."""
+    """Train on the other ``k - 1`` folds of ``train_data``, test on fold ``fold`` (split seeded by ``seed``).
+
+    ``validation=V`` (choosing a recipe): split those ``k - 1`` training folds
+    again into ``V`` parts (same seed), train on ``V - 1`` of them and test on
+    the first; the outer test fold is never read (:func:`hpelib.data.validation_subsets`).
+    """
 
     k: int
     fold: int
     seed: int = 0
+    validation: int | None = None
 
     def __post_init__(self):
         if not (isinstance(self.k, int) and self.k >= 2):
             raise ValueError(f"kfold.k must be an integer >= 2, got {self.k!r}")
         if not (isinstance(self.fold, int) and 0 <= self.fold < self.k):
             raise ValueError(f"kfold.fold must be an integer in [0, {self.k}), got {self.fold!r}")
+        if self.validation is not None and not (isinstance(self.validation, int) and self.validation >= 2):
+            raise ValueError(f"kfold.validation must be null or an integer >= 2, got {self.validation!r}")
+
+    def to_dict(self) -> dict:
+        """The fields; ``validation`` only when set, so that the specs of plain k-fold runs keep their shape."""
+        d = dataclasses.asdict(self)
+        if d["validation"] is None:
+            del d["validation"]
+        return d
 
 
 @dataclass
@@ -116,7 +131,7 @@ class RunSpec:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["model"] = self.model.to_dict()
         out["train"] = self.train.to_dict()
-        out["kfold"] = dataclasses.asdict(self.kfold) if self.kfold else None
+        out["kfold"] = self.kfold.to_dict() if self.kfold else None
         out["labels"] = dataclasses.asdict(self.labels)
         out["train_data"] = None if self.train_data is None else dict(self.train_data)
         out["test_data"] = {name: dict(s) for name, s in self.test_data.items()}

@@ -43,8 +43,23 @@ def test_kfold_tests_every_image_once_and_label_fraction_subsets(specs):
         ex.hpe_datasets(tiny_spec(train_spec, {"other": specs[1]}, kfold={"k": 3, "fold": 0}))
 
 
-def test_constant_prediction_metrics_predicts_the_training_mean():
-    train = np.array([[10.0, 0.0, 0.0], [30.0, 0.0, 0.0], [np.nan] * 3])
+def test_validation_folds_never_touch_the_outer_test_fold(specs):
+    """Choosing a recipe on kfold.validation: train and validation images all come from the training folds."""
+    train_spec, _ = specs
+    for fold in range(3):
+        kfold = {"k": 3, "fold": fold, "seed": 5}
+        _, outer_test = ex.hpe_datasets(tiny_spec(train_spec, {"same": train_spec}, kfold=kfold))
+        tr, val = ex.hpe_datasets(tiny_spec(train_spec, {"same": train_spec}, kfold={**kfold, "validation": 3}))
+        held_out = set(outer_test["same"].names)
+        assert held_out and not held_out & set(tr.names) and not held_out & set(val["same"].names)
+        assert not set(tr.names) & set(val["same"].names)
+        assert len(tr) + len(val["same"]) == 48 - len(held_out)
+        assert len(val["same"]) == pytest.approx((48 - len(held_out)) / 3, abs=1)
+
+
+def test_constant_prediction_metrics_predicts_the_training_median():
+    """The median is the constant that minimises the absolute error: the stricter floor."""
+    train = np.array([[10.0, 0.0, 0.0], [12.0, 0.0, 0.0], [60.0, 9.0, 0.0], [np.nan] * 3])
     test = np.array([[20.0, 5.0, 0.0], [0.0, 0.0, 0.0]])
     m = ex.constant_prediction_metrics(train, test)
     assert m["yaw"] == pytest.approx(10.0) and m["pitch"] == pytest.approx(2.5) and m["n"] == 2

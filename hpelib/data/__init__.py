@@ -45,7 +45,7 @@ from hpelib.registry import Registry, signature_options
 
 from .base import ArraySource, FixedRegions, PoseDataset, make_rng
 from .errors import DataError
-from .subsets import IndexSubset, kfold_subsets, label_subset
+from .subsets import IndexSubset, kfold_subsets, label_subset, validation_subsets
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, EvalPreset, TrainPreset, denormalize, make_preset
 
 __all__ = [
@@ -61,6 +61,7 @@ __all__ = [
     "dataset_options",
     "label_subset",
     "kfold_subsets",
+    "validation_subsets",
     "make_rng",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

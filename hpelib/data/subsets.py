@@ -12,7 +12,7 @@ import numbers
 import numpy as np
 from torch.utils.data import Dataset
 
-__all__ = ["IndexSubset", "label_subset", "kfold_subsets", "labelled_indices"]
+__all__ = ["IndexSubset", "label_subset", "kfold_subsets", "validation_subsets", "labelled_indices"]
 
 
 class IndexSubset(Dataset):
@@ -91,7 +91,30 @@ def kfold_subsets(dataset, k: int, fold: int, seed: int = 0) -> tuple[IndexSubse
         raise ValueError(f"kfold_subsets: k must be an int in [2, {n}], got {k!r}")
     if not isinstance(fold, numbers.Integral) or not 0 <= fold < k:
         raise ValueError(f"kfold_subsets: fold must be in [0, {k}), got {fold!r}")
-    parts = np.array_split(np.random.default_rng(seed).permutation(n), k)
+    train, test = _split_indices(np.arange(n), k, fold, seed)
+    return IndexSubset(dataset, train), IndexSubset(dataset, test)
+
+
+def _split_indices(indices: np.ndarray, k: int, fold: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    parts = np.array_split(np.random.default_rng(seed).permutation(np.asarray(indices)), k)
     test = np.sort(parts[fold])
     train = np.sort(np.concatenate([p for i, p in enumerate(parts) if i != fold]))
-    return IndexSubset(dataset, train), IndexSubset(dataset, test)
+    return train, test
+
+
+def validation_subsets(train_set, test_sets: dict, k: int, fold: int, seed: int, validation: int):
+    """``(train, {name: validation})`` inside the training folds of fold ``fold`` (for choosing a recipe).
+
+    The ``k - 1`` training folds of :func:`kfold_subsets` are shuffled again
+    (same ``seed``) into ``validation`` parts: the run trains on all but the
+    first and tests on the first. No index of the outer test fold ``fold`` is
+    in either. ``test_sets`` hold the same images as ``train_set`` (evaluated
+    without augmentation).
+    """
+    n = len(train_set)
+    outer_train, _ = _split_indices(np.arange(n), k, fold, seed)
+    if not isinstance(validation, numbers.Integral) or not 2 <= validation <= len(outer_train):
+        raise ValueError(f"validation must be an int in [2, {len(outer_train)}], got {validation!r}")
+    inner_train, inner_val = _split_indices(outer_train, validation, 0, seed)
+    return (IndexSubset(train_set, inner_train),
+            {name: IndexSubset(ds, inner_val) for name, ds in test_sets.items()})

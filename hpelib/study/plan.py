@@ -118,7 +118,7 @@ def expand(study: dict, out) -> list[Run]:
                             "train": {"progress": False, **tcfg, "seed": seed},
                             "train_data": study["data"]["train"], "test_data": study["data"]["test"],
                             "label_fraction": fr["fraction"],
-                            "kfold": {"k": kfold["k"], "fold": fold, "seed": kfold["seed"]} if kfold else None,
+                            "kfold": {"fold": fold, **kfold} if kfold else None,
                             "labels": {"run": rid, "scenario": scenario, "method": v["method"],
                                        "pretrain_method": v["pretrain"], "aux_methods": sorted(v["aux"])},
                         }, study, rid, problems)

@@ -40,14 +40,15 @@ TOP_KEYS = {
     "seeds": "default seeds of every label fraction",
     "pretrain_seed": "seed of the one SSL pre-training per method shared by all fine-tune seeds "
                      "(default: none, i.e. one pre-training per fine-tune seed)",
-    "kfold": "{k: K, seed: S}: train on K-1 folds of data.train, test on the held-out fold (every image tested once)",
+    "kfold": "{k: K, seed: S}: train on K-1 folds of data.train, test on the held-out fold (every image tested "
+             "once); validation: V tests on a V-th of the training folds instead (choosing a recipe)",
     "report": "false to skip the report at the end",
     "timeout_s": "per-cell execution timeout of the notebooks (default: none)",
 }
 DATA_KEYS = {"pretrain", "train", "test"}
 SCENARIO_KEYS = {"variants", "label_fractions", "seeds", "model", "train", "description"}
 VARIANT_KEYS = {"pretrain", "pretrain_train", "aux", "method", "model", "train"}
-KFOLD_KEYS = {"k", "seed"}
+KFOLD_KEYS = {"k", "seed", "validation"}
 
 
 class StudyError(ValueError):
@@ -207,7 +208,11 @@ def load_study(path: str | os.PathLike, env: dict[str, str] | None = None, check
         if problems.check_keys(kf, KFOLD_KEYS, "kfold"):
             if not isinstance(kf.get("k"), int) or isinstance(kf.get("k"), bool) or kf["k"] < 2:
                 problems.add("kfold", f"kfold.k must be an integer >= 2, got {kf.get('k')!r}")
-            study["kfold"] = {"k": kf.get("k"), "seed": kf.get("seed", 0)}
+            val = kf.get("validation")
+            if val is not None and (not isinstance(val, int) or isinstance(val, bool) or val < 2):
+                problems.add("kfold", f"kfold.validation must be null or an integer >= 2, got {val!r}")
+            study["kfold"] = {"k": kf.get("k"), "seed": kf.get("seed", 0),
+                              **({"validation": val} if val is not None else {})}
     if study.get("pretrain_seed") is not None and not isinstance(study["pretrain_seed"], int):
         problems.add("pretrain_seed", f"must be an integer or null, got {study['pretrain_seed']!r}")
     default_seeds = _seed_list(study.get("seeds", [0]), "seeds", problems)
