@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--model", nargs="*", default=[], metavar="MODEL.pt",
                     help="also compare these models' errors with Haar boxes and with landmark boxes")
     args = ap.parse_args()
-    ds = build_dataset("aflw2000", root=args.root, train=False, image_size=32)
+    ds = build_dataset("aflw2000", root=args.root, train=False, image_size=32, drop_invisible_landmarks=True)
     n = len(ds) if args.limit is None else min(args.limit, len(ds))
 
     def pictures():

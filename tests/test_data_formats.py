@@ -38,15 +38,17 @@ def test_read_mat_label_reorders_radians(tmp_path):
     assert pt2d.shape == (2, 21)
 
 
-def test_aflw2000_box_uses_reference_crop_and_drops_invisible(tiny_aflw2000):
+def test_aflw2000_box_keeps_invisible_landmarks_unless_asked(tiny_aflw2000):
     ds = build_dataset("aflw2000", root=tiny_aflw2000, train=False)
     i = ds.names.index("image00002.jpg")  # written with landmarks 3 and 7 at -1
     _, pt2d = read_mat_label(tiny_aflw2000 / "image00002.mat")
-    tight = landmark_box(pt2d, drop_invisible=True)
-    np.testing.assert_allclose(tight, [40, 30, 80, 75])
-    np.testing.assert_allclose(ds.regions.boxes[i], enlarge_box(tight, 0.2, AFLW2000_FACTORS))
-    with_invisible = build_dataset("aflw2000", root=tiny_aflw2000, train=False, drop_invisible_landmarks=False)
-    assert with_invisible.regions.boxes[i][0] < ds.regions.boxes[i][0]  # the -1 points stretch the box
+    reference = landmark_box(pt2d, drop_invisible=False)
+    np.testing.assert_allclose(reference[:2], [-1, -1])  # the -1 points stretch the box
+    np.testing.assert_allclose(ds.regions.boxes[i], enlarge_box(reference, 0.2, AFLW2000_FACTORS))
+    tight = build_dataset("aflw2000", root=tiny_aflw2000, train=False, drop_invisible_landmarks=True)
+    np.testing.assert_allclose(landmark_box(pt2d, drop_invisible=True), [40, 30, 80, 75])
+    np.testing.assert_allclose(tight.regions.boxes[i], enlarge_box([40, 30, 80, 75], 0.2, AFLW2000_FACTORS))
+    assert ds.preset.crop_fraction == 1.0  # Hopenet's Scale(224) + CenterCrop(224)
 
 
 def test_300w_lp_walks_known_folders_only(tiny_300w_lp):
@@ -93,14 +95,20 @@ def test_biwi_face_box_projects_with_extrinsics():
     np.testing.assert_allclose(box, [cx - 10, cy - 10, cx + 10, cy + 10])
 
 
-def test_biwi_split_is_seeded_whole_sequences(tiny_biwi_raw):
+def test_biwi_split_is_fsanets_16_8_or_seeded_whole_sequences(tiny_biwi_raw):
     seqs = [f"{i:02d}" for i in range(1, 25)]
     train, test = biwi_sequence_split(seqs, "train"), biwi_sequence_split(seqs, "test")
-    assert len(train) == 17 and len(test) == 7 and sorted(train + test) == seqs
-    assert biwi_sequence_split(seqs, "train", split_seed=0) == train
-    assert biwi_sequence_split(seqs, "train", split_seed=1) != train
-    tr = build_dataset("biwi", root=tiny_biwi_raw, split="train", train=False)
-    te = build_dataset("biwi", root=tiny_biwi_raw, split="test", train=False)
+    assert train == [f"{i:02d}" for i in range(1, 17)] and test == [f"{i:02d}" for i in range(17, 25)]
+    with pytest.raises(DataError, match=r"\['kinect_extra'\].*split_seed"):
+        biwi_sequence_split(seqs + ["kinect_extra"], "train")
+    seeded = biwi_sequence_split(seqs, "train", split_seed=0)
+    assert len(seeded) == 17 and len(biwi_sequence_split(seqs, "test", split_seed=0)) == 7
+    assert biwi_sequence_split(seqs, "train", split_seed=1) != seeded
+    # the tiny set has sequences 01..04 only: all FSA-Net training sequences
+    with pytest.raises(DataError, match="'test' split has no sequence"):
+        build_dataset("biwi", root=tiny_biwi_raw, split="test", train=False)
+    tr = build_dataset("biwi", root=tiny_biwi_raw, split="train", train=False, split_seed=0)
+    te = build_dataset("biwi", root=tiny_biwi_raw, split="test", train=False, split_seed=0)
     tr_seq, te_seq = {n.split("/")[0] for n in tr.names}, {n.split("/")[0] for n in te.names}
     assert tr_seq.isdisjoint(te_seq) and len(tr_seq | te_seq) == 4 and len(tr) + len(te) == 8
 

@@ -20,6 +20,31 @@ def test_aflw2000_half_keeps_985_after_filter(shared_aflw2000):
     np.testing.assert_allclose(pose.numpy(), ds.poses[0])
 
 
+def _hopenet_aflw2000_box(mat_file):
+    """Hopenet's ``AFLW2000`` loader (datasets.py), written out: min/max over all 21 points, k = 0.2,
+    sides moved in order so that the right and bottom see the moved left and top."""
+    import scipy.io
+
+    pt2d = scipy.io.loadmat(str(mat_file))["pt2d"]
+    x_min, y_min, x_max, y_max = min(pt2d[0, :]), min(pt2d[1, :]), max(pt2d[0, :]), max(pt2d[1, :])
+    k = 0.20
+    x_min -= 2 * k * abs(x_max - x_min)
+    y_min -= 2 * k * abs(y_max - y_min)
+    x_max += 2 * k * abs(x_max - x_min)
+    y_max += 0.6 * k * abs(y_max - y_min)
+    return [x_min, y_min, x_max, y_max]
+
+
+def test_aflw2000_test_box_is_hopenets_on_every_shared_file(shared_aflw2000):
+    ds = build_dataset("aflw2000", root=shared_aflw2000, train=False, image_size=32)
+    want = np.array([_hopenet_aflw2000_box((shared_aflw2000 / n).with_suffix(".mat")) for n in ds.names])
+    np.testing.assert_allclose(ds.regions.boxes, want, rtol=0, atol=1e-9)
+    tight = build_dataset("aflw2000", root=shared_aflw2000, train=False, image_size=32, drop_invisible_landmarks=True)
+    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    ratio = area(ds.regions.boxes) / area(tight.regions.boxes)
+    assert (ratio >= 1 - 1e-9).all() and 2.0 < np.median(ratio[ratio > 1 + 1e-9]) < 4.0
+
+
 def test_biwi_sample_frames_decode_to_reference_angles(shared_biwi):
     ds = build_dataset("biwi", root=shared_biwi, split="all", train=False, image_size=32)
     assert ds.names == ["frame_00054_rgb.png", "frame_00427_rgb.png"]

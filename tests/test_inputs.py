@@ -49,7 +49,8 @@ def test_read_input_spec_from_a_model_and_from_an_older_run_folder(tmp_path):
     saved = torch.load(model_pt, weights_only=True)
     saved.pop("input")  # a model.pt written before the input was recorded
     torch.save(saved, model_pt)
-    assert read_input_spec(model_pt) == InputSpec(image_size=24)  # the run's image size, defaults for the rest
+    # the run's image size, the test crop of that time, defaults for the rest
+    assert read_input_spec(model_pt) == InputSpec(image_size=24, crop_fraction=224 / 256)
     (model_pt.parent / "config.json").unlink()
     with pytest.raises(ValueError, match="records no input spec"):
         read_input_spec(model_pt)

@@ -22,11 +22,15 @@ Raw layout (``kinect_head_pose_db/hpdb``)
     training) centred on that point, i.e. ``fx * box_mm / z`` pixels wide.
     This is our choice: the references crop BIWI with a face detector.
 
-    Protocol 2 split: the sorted sequence folders are shuffled with
-    ``numpy.random.default_rng(split_seed)`` (``split_seed=0``) and the first
-    ``round(0.7 * n)`` are ``split="train"``, the rest ``"test"``; whole
-    sequences, never frames, so no person/session is in both. ``"all"`` takes
-    every sequence (protocol 1 evaluation).
+    Protocol 2 split (FSA-Net's 70/30, 16 train / 8 test sequences): by
+    default (``split_seed=None``) the fixed split of FSA-Net's data
+    preparation, which takes the sequence folders in order: ``split="train"``
+    is sequences 01-16 (:data:`FSANET_TRAIN_SEQUENCES`), ``"test"`` is 17-24
+    (:data:`FSANET_TEST_SEQUENCES`). ``split_seed=S`` instead shuffles the
+    sorted folders with ``numpy.random.default_rng(S)`` and takes the first
+    ``round(train_fraction * n)`` for training (folders with other names, or
+    other fractions). Whole sequences, never frames, so no person/session is
+    in both. ``"all"`` takes every sequence (protocol 1 evaluation).
 
 FSA-Net ``.npz`` (``BIWI_train.npz``, ``BIWI_test.npz``, ``BIWI_noTrack.npz``)
     keys ``image`` uint8 ``[N, 64, 64, 3]`` in **BGR** order (OpenCV) and
@@ -45,7 +49,7 @@ from ..angles import flip_pose, matrix_to_euler
 from .base import ArraySource, FileSource, FixedRegions, PoseDataset
 from .errors import DataError
 
-__all__ = ["read_biwi_pose", "read_biwi_calibration", "biwi_face_box", "biwi_sequence_split", "load_biwi",
+__all__ = ["FSANET_TRAIN_SEQUENCES", "FSANET_TEST_SEQUENCES", "read_biwi_pose", "read_biwi_calibration", "biwi_face_box", "biwi_sequence_split", "load_biwi",
            "load_biwi_raw", "load_biwi_npz"]
 
 _FRAME = re.compile(r"^frame_(\d+)_rgb\.png$")
@@ -91,13 +95,25 @@ def biwi_face_box(centre, calibration, box_mm: float = 300.0) -> np.ndarray:
     return np.array([cx - half, cy - half, cx + half, cy + half])
 
 
-def biwi_sequence_split(sequences, split: str, train_fraction: float = 0.7, split_seed: int = 0) -> list:
-    """The sequences of ``split`` ("train", "test" or "all") under the seeded whole-sequence split."""
+#: FSA-Net's BIWI protocol 2 (70/30): the first 16 of the 24 sequence folders train, the last 8 test
+FSANET_TRAIN_SEQUENCES = tuple(f"{i:02d}" for i in range(1, 17))
+FSANET_TEST_SEQUENCES = tuple(f"{i:02d}" for i in range(17, 25))
+
+
+def biwi_sequence_split(sequences, split: str, train_fraction: float = 0.7, split_seed: int | None = None) -> list:
+    """The sequences of ``split`` ("train", "test" or "all"): FSA-Net's fixed split, or a seeded one."""
     seqs = sorted(sequences)
     if split == "all":
         return seqs
     if split not in ("train", "test"):
         raise ValueError(f"BIWI split must be 'train', 'test' or 'all', got {split!r}")
+    if split_seed is None:
+        other = [s for s in seqs if s not in FSANET_TRAIN_SEQUENCES + FSANET_TEST_SEQUENCES + (".",)]
+        if other:
+            raise DataError(f"BIWI sequence folders {other} are not among FSA-Net's 01..24; their fixed split "
+                            "cannot place them: pass split_seed=<int> for a seeded split of your folders")
+        keep = FSANET_TRAIN_SEQUENCES if split == "train" else FSANET_TEST_SEQUENCES
+        return [s for s in seqs if s in keep]
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
     order = np.random.default_rng(split_seed).permutation(len(seqs))
@@ -111,7 +127,7 @@ def _frames(folder: Path):
 
 
 def load_biwi_raw(root, preset, *, split="all", seed=0, cache_dir=None, cache_resolution=None, box_mm=300.0,
-                  train_fraction=0.7, split_seed=0) -> PoseDataset:
+                  train_fraction=0.7, split_seed=None) -> PoseDataset:
     root = Path(root)
     if _frames(root):
         sequences = {".": root}
@@ -168,11 +184,12 @@ def load_biwi_npz(path, preset, *, seed=0, cache_dir=None, cache_resolution=None
 
 
 def load_biwi(root, preset, *, split="all", seed=0, cache_dir=None, cache_resolution=None, format="auto",
-              box_mm=300.0, train_fraction=0.7, split_seed=0) -> PoseDataset:
+              box_mm=300.0, train_fraction=0.7, split_seed: int | None = None) -> PoseDataset:
     """BIWI from ``root``: raw Kinect folders or FSA-Net ``.npz`` (``format`` "auto", "raw" or "npz").
 
     ``box_mm``, ``train_fraction`` and ``split_seed`` apply to the raw folders
-    (:func:`load_biwi_raw`); the ``.npz`` files come cropped and split.
+    (:func:`load_biwi_raw`; ``split_seed=None``: FSA-Net's fixed 16/8 split,
+    ``train_fraction`` is then unused); the ``.npz`` files come cropped and split.
     """
     root = Path(root)
     if format not in ("auto", "raw", "npz"):

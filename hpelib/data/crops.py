@@ -66,8 +66,11 @@ def landmark_box(pt2d, drop_invisible: bool = True, where: str = "landmarks") ->
     """Tight box ``(x0, y0, x1, y1)`` of 2D landmarks ``[2, L]`` (row 0 = x, row 1 = y).
 
     ``drop_invisible`` ignores landmarks with a negative coordinate (AFLW2000
-    marks invisible ones with -1; Hopenet/6DRepNet keep them, which stretches
-    the box to the image corner). ``where`` names the source in errors.
+    stores invisible ones as (-1, 452)): the tight box of the visible face,
+    which detectors are corrected to. ``drop_invisible=False`` is the
+    reference protocol (Hopenet/6DRepNet keep them, which stretches the box to
+    the image's left edge and below its bottom; the data sets' default).
+    ``where`` names the source in errors.
     """
     pts = np.asarray(pt2d, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[0] != 2 or pts.shape[1] < 2:

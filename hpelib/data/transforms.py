@@ -4,14 +4,19 @@ Every data set turns a *region* of the image (a rectangle in image pixels:
 the enlarged landmark box, BIWI's metric box, or the whole picture) into the
 final ``S x S`` image with one of two presets:
 
-``EvalPreset(size, crop_fraction=224/256)``
+``EvalPreset(size, crop_fraction=1.0)``
     A centred square of side ``crop_fraction * min(w, h)`` of the region,
-    resized to ``S x S``. With the defaults this is exactly torchvision's
-    ``Resize(256) + CenterCrop(224)`` that Hopenet and 6DRepNet apply at test
-    time, expressed as a box so it works at any ``S``.
+    resized to ``S x S``. The default is Hopenet's test crop
+    (``test_hopenet.py``: ``Scale(224) + CenterCrop(224)``: the centred square
+    of the whole shorter side), expressed as a box so it works at any ``S``;
+    ``crop_fraction=224/256`` gives ``Resize(256) + CenterCrop(224)``
+    (6DRepNet's test script). Two sub-pixel departures: the box is not
+    truncated to integers before the crop (the references' ``int()``), and
+    the square is cut before resizing rather than after (the same pixels,
+    resampled once).
 ``TrainPreset(size, crop_fraction=224/240, flip=True, color_jitter=0.0)``
     A square of side ``crop_fraction * min(w, h)`` at a uniformly random
-    position inside the region (6DRepNet's ``Resize(240) + RandomCrop(224)``),
+    position inside the region (Hopenet's ``Scale(240) + RandomCrop(224)``),
     then a horizontal flip with probability 0.5 that also negates yaw and roll
     (:func:`hpelib.angles.flip_pose`), then optional light colour jitter
     (brightness, contrast, saturation factors drawn in ``[1-j, 1+j]``).
@@ -42,8 +47,11 @@ __all__ = [
     "make_preset",
 ]
 
-#: the test crop of Hopenet and 6DRepNet: Resize(256) + CenterCrop(224), as a fraction of the region
-EVAL_CROP_FRACTION = 224 / 256
+#: Hopenet's test crop, Scale(224) + CenterCrop(224): the centred square of the region's shorter side
+EVAL_CROP_FRACTION = 1.0
+#: the test crop fraction of hpelib before the reference protocol (6DRepNet's Resize(256) + CenterCrop(224)),
+#: for models saved without their input spec
+FORMER_EVAL_CROP_FRACTION = 224 / 256
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

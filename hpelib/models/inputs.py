@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..data.crops import AFLW2000_FACTORS, crop_resize, enlarge_box
-from ..data.transforms import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, centred_square, to_tensor
+from ..data.transforms import EVAL_CROP_FRACTION, FORMER_EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, centred_square, to_tensor
 
 __all__ = ["InputSpec", "ANGLE_CONVENTION", "input_spec_of", "read_input_spec"]
 
@@ -95,7 +95,8 @@ def input_spec_of(dataset) -> InputSpec:
 def read_input_spec(path) -> InputSpec:
     """The input spec of a model: from its ``model.pt`` (``input``), else from its run folder's ``config.json``.
 
-    Models trained before the spec was saved get the image size of their run
+    Models trained before the spec was saved get the image size of their run,
+    the test crop of that time (:data:`~hpelib.data.transforms.FORMER_EVAL_CROP_FRACTION`)
     and the defaults for the rest.
     """
     from ..runs import CONFIG, MODEL, RunFolder
@@ -111,4 +112,4 @@ def read_input_spec(path) -> InputSpec:
     if size is None:
         raise ValueError(f"{file} records no input spec and its folder has no {CONFIG} with the image size; "
                          "pass the image size explicitly")
-    return InputSpec(image_size=int(size))
+    return InputSpec(image_size=int(size), crop_fraction=FORMER_EVAL_CROP_FRACTION)
