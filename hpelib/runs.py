@@ -60,7 +60,7 @@ SLURM_JOB = "slurm_job.json"
 
 #: keys every test-set block of a complete ``metrics.json`` holds
 METRIC_KEYS = ("yaw", "pitch", "roll", "mae", "geodesic", "n", "train_time_s")
-#: errors of the constant predictor (always the mean training pose), per test set
+#: errors of the constant predictor (always the median training pose), per test set
 CONSTANT_KEYS = ("constant_yaw", "constant_pitch", "constant_roll", "constant_mae")
 TRUE_COLUMNS = tuple(f"{a}_true" for a in ANGLE_NAMES)
 PRED_COLUMNS = tuple(f"{a}_pred" for a in ANGLE_NAMES)
@@ -176,7 +176,7 @@ def metric_blocks(doc: dict, default_test_set=None) -> list[tuple[object, dict]]
 
 
 #: a run is *unlearned* on a test set when its error on yaw, pitch, roll or the mean is not clearly
-#: below the constant predictor's (always the mean training pose): error >= UNLEARNED_RATIO x constant error
+#: below the constant predictor's (always the median training pose): error >= UNLEARNED_RATIO x constant error
 UNLEARNED_RATIO = 0.8
 UNLEARNED_CHECKED = ("yaw", "pitch", "roll", "mae")
 

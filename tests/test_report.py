@@ -263,6 +263,29 @@ def test_paired_test_wilcoxon_and_small_n():
     assert report.paired_tests(df).iloc[0]["n_pairs"] == 2
 
 
+def test_holm_adjusts_within_a_family_and_skips_untested():
+    from hpelib.report.stats import holm
+
+    adjusted = holm([0.01, 0.04, np.nan, 0.03])
+    np.testing.assert_allclose(adjusted, [0.03, 0.06, np.nan, 0.06])  # 3*0.01, max(3*.01, 2*.03), max(.., 1*.04)
+    assert holm([]).shape == (0,)
+
+
+def test_beats_baseline_needs_the_holm_corrected_p():
+    """Three variants that each pass alone at p < 0.05 but not after correcting for three comparisons."""
+    rng = np.random.default_rng(0)
+    rows, base = [], 10 + rng.normal(0, 1.0, 3)
+    for s in range(3):
+        common = dict(init="random", label_fraction=1.0, seed=s, test_set="aflw2000", backbone="resnet50")
+        rows.append(dict(common, scenario="baseline", method="none", mae=base[s]))
+        for m, d in zip(("rotation", "jigsaw", "simclr"), ([-1.0, -1.5, -0.5], [-1.05, -1.5, -0.5], [-1.0, -1.55, -0.5])):
+            rows.append(dict(common, scenario="pretrain", method=m, mae=base[s] + d[s]))
+    t = report.paired_tests(pd.DataFrame(rows))
+    assert len(t) == 3 and (t["t_p_less"] < 0.05).all()
+    assert (t["t_p_holm"] > t["t_p_less"]).all() and not t["beats_baseline"].any()
+    assert "Holm p" in report.paired_tests_markdown(t)
+
+
 def test_paired_tests_on_tree(tree):
     t = report.paired_tests(collect_quiet(tree))
     assert len(t) == 4 and set(t["scenario"]) == {"auxiliary", "pretrain"}

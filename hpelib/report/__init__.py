@@ -21,7 +21,7 @@ pose metrics. Each complete run gives one row per test
 set of :func:`collect`, with the labels of ``config.json`` (``method`` is
 :attr:`RunRecord.label <hpelib.runs.RunRecord.label>`; ``label_fraction``
 absent = all labels = 1.0), its errors and the constant predictor's
-(:data:`CONSTANT_KEYS`: always predicting the mean training pose; NaN columns
+(:data:`CONSTANT_KEYS`: always predicting the median training pose; NaN columns
 when ``metrics.json`` lacks them).
 
 Comparisons with the baseline

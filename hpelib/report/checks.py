@@ -119,7 +119,7 @@ def warnings_markdown(notes: dict[str, list[str]]) -> str:
              f"{CONFIG} + {METRICS}.", "", *items(notes.get("left_out", [])),
              "", "## Runs that did not learn (marked † in the error tables)", "",
              f"Rows whose yaw, pitch, roll or mean error is >= {UNLEARNED_RATIO:g} x the error of always "
-             f"predicting the mean training pose (`constant_*` in {METRICS}): not clearly better than no model.",
+             f"predicting the median training pose (`constant_*` in {METRICS}): not clearly better than no model.",
              "", *items(notes["unlearned"])]
     if notes["unchecked"]:
         lines += ["", f"Not checked ({len(notes['unchecked'])} rows without constant-predictor errors in "

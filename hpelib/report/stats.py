@@ -12,7 +12,7 @@ from .columns import ROW_KEYS, SETTING_KEYS, fmt_key, key_frame, require_columns
 from .tables import attach_baseline_init, markdown_row
 
 _COLUMNS = list(ROW_KEYS) + ["baseline_init", "n_pairs", "mean_diff", "ci_low", "ci_high", "std_diff", "t_p",
-                             "t_p_less", "wilcoxon_p_less", "beats_baseline", "note"]
+                             "t_p_less", "t_p_holm", "wilcoxon_p_less", "beats_baseline", "note"]
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -27,7 +27,26 @@ def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(v.mean()), float(half)
 
 
-def _compare(keys: tuple, g: pd.DataFrame, metric: str, alpha: float) -> dict:
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN entries are not tests: they stay NaN and do not count).
+
+    With ``m`` tests sorted by p, the ``i``-th smallest (0-based) becomes
+    ``max_{j <= i} min(1, (m - j) p_(j))``; rejecting where the adjusted value
+    is below alpha keeps the family-wise error rate at alpha.
+    """
+    p = np.asarray(pvalues, float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for i, idx in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[idx]))
+        out[idx] = running
+    return out
+
+
+def _compare(keys: tuple, g: pd.DataFrame, metric: str) -> dict:
     """One row of :func:`paired_tests` from the runs ``g`` of one variant, paired with ``_base``."""
     g = g.dropna(subset=["_base", metric])
     d = (g[metric] - g["_base"]).to_numpy(float)
@@ -51,7 +70,6 @@ def _compare(keys: tuple, g: pd.DataFrame, metric: str, alpha: float) -> dict:
         r["wilcoxon_p_less"] = float(stats.wilcoxon(d, alternative="less").pvalue)
     elif 2 <= n < 6:
         notes.append("n < 6: no Wilcoxon test")
-    r["beats_baseline"] = bool(np.isfinite(r["t_p_less"]) and r["t_p_less"] < alpha)
     r["note"] = "; ".join(notes)
     return r
 
@@ -67,8 +85,10 @@ def paired_tests(df: pd.DataFrame, baseline: str = "baseline", alpha: float = 0.
     mean difference, NaN with fewer than 2 pairs: its half-width is about the
     smallest effect these seeds can detect), ``std_diff``, ``t_p``
     (two-sided paired t-test, ``scipy.stats.ttest_rel``), ``t_p_less`` (one-sided, H1: mean d < 0),
-    ``wilcoxon_p_less`` (one-sided Wilcoxon signed-rank, only with
-    ``n_pairs >= 6``, else NaN), ``beats_baseline`` (``t_p_less < alpha``)
+    ``t_p_holm`` (``t_p_less`` after Holm's correction across the variants
+    compared with the same baseline in one setting: test set, backbone and
+    label fraction), ``wilcoxon_p_less`` (one-sided Wilcoxon signed-rank, only
+    with ``n_pairs >= 6``, else NaN), ``beats_baseline`` (``t_p_holm < alpha``)
     and ``note``. With fewer than 2 pairs, or differences of zero variance,
     the p-values are NaN, ``beats_baseline`` is False and ``note`` says why.
     """
@@ -84,8 +104,12 @@ def paired_tests(df: pd.DataFrame, baseline: str = "baseline", alpha: float = 0.
     ref = base[list(SETTING_KEYS) + ["init", "seed", metric]].rename(
         columns={"init": "baseline_init", metric: "_base"}).drop_duplicates(on)
     merged = others.merge(ref, on=on, how="left")
-    rows = [_compare(keys, g, metric, alpha) for keys, g in merged.groupby(list(ROW_KEYS), sort=False)]
-    return sort_rows(unkey(pd.DataFrame(rows, columns=_COLUMNS))).reset_index(drop=True)
+    rows = [_compare(keys, g, metric) for keys, g in merged.groupby(list(ROW_KEYS), sort=False)]
+    tests = pd.DataFrame(rows, columns=_COLUMNS)
+    for _, family in tests.groupby(list(SETTING_KEYS), sort=False, dropna=False):
+        tests.loc[family.index, "t_p_holm"] = holm(family["t_p_less"])
+    tests["beats_baseline"] = tests["t_p_holm"].lt(alpha)
+    return sort_rows(unkey(tests)).reset_index(drop=True)
 
 
 def paired_tests_markdown(tests: pd.DataFrame) -> str:
@@ -96,10 +120,12 @@ def paired_tests_markdown(tests: pd.DataFrame) -> str:
     significant digits.
     """
     header = ["Test set", "Labels", "Scenario", "Method", "Init", "pairs", "mean Δ MAE (°)", "± detectable",
-              "t-test p (one-sided)", "Wilcoxon p", "beats baseline", "note"]
+              "t-test p (one-sided)", "Holm p", "Wilcoxon p", "beats baseline", "note"]
     lines = ["Δ: MAE of the method minus MAE of the baseline with the same seed, averaged over seeds (degrees, "
              "negative = better), with its 95% t-interval; ± detectable: the interval's half-width, about the "
-             "smallest difference these seeds can tell apart from zero.", "",
+             "smallest difference these seeds can tell apart from zero. Holm p: the one-sided t-test p after "
+             "Holm's correction across the variants compared with the baseline at the same test set and labels; "
+             "beats baseline: Holm p < 0.05.", "",
              "| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
     for _, r in tests.iterrows():
         mean, lo, hi = r["mean_diff"], r["ci_low"], r["ci_high"]
@@ -107,7 +133,8 @@ def paired_tests_markdown(tests: pd.DataFrame) -> str:
         delta = signed(mean, 2) + (f" [{signed(lo, 2)}, {signed(hi, 2)}]" if has_ci else "")
         cells = [fmt_key(r["test_set"]), fmt_key(r["label_fraction"]), str(r["scenario"]), str(r["method"]),
                  fmt_key(r["init"]), str(r["n_pairs"]), delta, f"±{(hi - lo) / 2:.2f}" if has_ci else "—",
-                 _p(r["t_p_less"]), _p(r["wilcoxon_p_less"]), "yes" if r["beats_baseline"] else "no",
+                 _p(r["t_p_less"]), _p(r["t_p_holm"]), _p(r["wilcoxon_p_less"]),
+                 "yes" if r["beats_baseline"] else "no",
                  r["note"] or ""]
         lines.append(markdown_row(cells))
     return "\n".join(lines) + "\n"

@@ -20,7 +20,7 @@ def pool_folds(out, group: str, folds: list[Run]) -> Path:
     (the folds' record without the fold number, plus ``kfold`` and ``folds``)
     and, last, ``metrics.json``: the errors recomputed over all predictions,
     ``train_time_s`` summed over the folds, and the constant predictor's errors
-    (each fold predicting its own training mean) averaged over the folds
+    (each fold predicting its own training median) averaged over the folds
     weighted by their test images, which is their mean over all images, and
     the pooled ``unlearned`` list.
     """

@@ -202,7 +202,7 @@ class _EpochProgress:
 
 
 def _warn_unlearned(run, out: Path, write) -> None:
-    """A line when a finished run is not clearly better than predicting the mean training pose."""
+    """A line when a finished run is not clearly better than predicting the median training pose."""
     if run.kind != "train":
         return
     folder = RunFolder(run.folder(out))
