@@ -11,6 +11,7 @@ STUDY  ?= studies/default.yaml
 OUT    ?= results/default
 JOBS   ?= 2
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 
 .PHONY: study test lab benchmark gpu-check venv clean-venv
 
@@ -29,7 +30,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest --nbval-lax --nbval-current-env -p no:cacheprovider tests notebooks $(PYTEST_ARGS)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/python -m hpelib.lab $(LAB_ARGS)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py

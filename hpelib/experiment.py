@@ -25,7 +25,12 @@ from .runs import (CONFIG, RunFolder, RunRecord, constant_columns, init_label, m
 from .spec import RunSpec
 
 __all__ = ["dataset_from_spec", "hpe_datasets", "run_pretraining", "run_hpe", "evaluate_on_sets",
-           "constant_prediction_metrics", "demo_results", "demo_model", "training_image_size"]
+           "constant_prediction_metrics", "demo_results", "demo_model", "training_image_size", "tested_pictures",
+           "REAL_FACE_MODEL"]
+
+#: the real-face model that predict.ipynb, docs/PREDICT.md and the README use: studies/aflw.yaml's 16-epoch
+#: rotation pre-training + fine-tuning, seed 0, fold 0 (under its results folder)
+REAL_FACE_MODEL = "pretrain/rotation-16ep/lf1_s0/.folds/f0/model.pt"
 
 
 def dataset_from_spec(spec: dict, *, train: bool, **defaults):
@@ -234,3 +239,24 @@ def training_image_size(checkpoint) -> int:
         raise ValueError(f"{folder.path} has no config.json with the training image size; "
                          "pass the image size explicitly")
     return int(folder.read_config().image_size)
+
+
+def tested_pictures(run_dir, k: int | None = None) -> list[Path]:
+    """The picture files a head pose run was tested on (its test fold, in its ``predictions.csv`` order).
+
+    These are pictures the run's model never trained on. Only data sets whose
+    sample names are paths under their ``root`` (AFLW2000, 300W-LP, folders,
+    BIWI raw) can be given back as files; ``k`` keeps the first ``k``.
+    """
+    folder = RunFolder(run_dir)
+    record = folder.read_config()
+    frames = folder.read_predictions(record.test_set)
+    if not frames:
+        raise FileNotFoundError(f"{folder.path} has no predictions*.csv: it is not a finished head pose run")
+    name, frame = next(iter(frames.items()))
+    spec = (record.extra.get("test_data") or {}).get(name) or {}
+    if not spec.get("root"):
+        raise ValueError(f"{folder.path}: test set {name!r} has no root folder in {CONFIG}, so its pictures "
+                         "cannot be found as files")
+    names = list(frame["name"])[:k] if k else list(frame["name"])
+    return [Path(spec["root"]) / n for n in names]

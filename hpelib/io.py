@@ -192,3 +192,33 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+
+# ----------------------------------------------------------------------------- scratch folders
+_SCRATCH: list[Path] = []
+
+
+def scratch_dir(what: str) -> Path:
+    """A new temporary folder ``hpelib-<what>-*`` for a notebook run without ``out_dir``.
+
+    :func:`remove_scratch` (the notebooks' last cell) and the end of the
+    process remove it, so notebook runs and tests leave nothing behind in the
+    temporary directory; give ``out_dir`` to keep the files.
+    """
+    path = Path(tempfile.mkdtemp(prefix=f"hpelib-{what}-"))
+    if not _SCRATCH:
+        import atexit
+
+        atexit.register(remove_scratch)
+    _SCRATCH.append(path)
+    return path
+
+
+def remove_scratch() -> list[Path]:
+    """Remove the folders :func:`scratch_dir` made in this process; returns them."""
+    removed = []
+    while _SCRATCH:
+        path = _SCRATCH.pop()
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed

@@ -18,7 +18,12 @@ As a dict (YAML/JSON)::
      "image_size": 64, "label_fraction": 1.0,
      "kfold": {"k": 3, "fold": 0, "seed": 0} | null,
      "labels": {"run": ..., "scenario": "baseline", "method": ..., "pretrain_method": ..., "aux_methods": [...]},
-     "eval_batch_size": 64, "keep_checkpoint": false}
+     "eval_batch_size": 64, "keep_checkpoint": false,
+     "imports": ["my_tasks"], "import_paths": ["/path/to/study/folder"]}   # only when set
+
+``imports`` are Python modules (your registered SSL tasks, backbones, heads,
+data sets) that :meth:`RunSpec.from_dict` imports, with ``import_paths`` first
+on ``sys.path``, before it checks the names they register (:mod:`hpelib.plugins`).
 
 The run's seed is ``train.seed``: it seeds the weights, the augmentation, and
 the subset that ``label_fraction`` keeps.
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from .data import DEFAULT_IMAGE_SIZE
 from .engine.config import TrainConfig
 from .models.config import ModelConfig
+from .plugins import import_modules
 from .registry import check_keys
 from .ssl import TASKS
 from .validation import check_fields, problems_message
@@ -101,6 +107,8 @@ class RunSpec:
     labels: Labels = field(default_factory=Labels)
     eval_batch_size: int = 64
     keep_checkpoint: bool = False
+    imports: list = field(default_factory=list)
+    import_paths: list = field(default_factory=list)
 
     def __post_init__(self):
         self.label_fraction = 1.0 if self.label_fraction is None else self.label_fraction
@@ -116,6 +124,8 @@ class RunSpec:
         """Build from the dict form; an unknown key at any level raises ``ValueError`` naming it."""
         check_keys(d, [f.name for f in dataclasses.fields(cls)], "run spec")
         d = dict(d)
+        d["imports"], d["import_paths"] = list(d.get("imports") or []), list(d.get("import_paths") or [])
+        import_modules(d["imports"], d["import_paths"], where="run spec: imports")  # before names are checked
         d["model"] = ModelConfig.from_dict(dict(d.get("model") or {}))
         d["train"] = TrainConfig.from_dict(dict(d.get("train") or {}))
         d["test_data"] = dict(d.get("test_data") or {})
@@ -135,6 +145,11 @@ class RunSpec:
         out["labels"] = dataclasses.asdict(self.labels)
         out["train_data"] = None if self.train_data is None else dict(self.train_data)
         out["test_data"] = {name: dict(s) for name, s in self.test_data.items()}
+        for key in ("imports", "import_paths"):  # only when set: specs without user code keep their shape
+            if out[key]:
+                out[key] = list(out[key])
+            else:
+                del out[key]
         return out
 
     # ------------------------------------------------------------------ checks

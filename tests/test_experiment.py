@@ -1,4 +1,6 @@
 """The experiment steps the notebooks call, on tiny synthetic data."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -127,3 +129,24 @@ def test_a_diverged_run_is_marked_unlearned_in_its_metrics_and_the_report(specs,
     for key in block["unlearned"]:
         assert block[key] >= 0.8 * block[f"constant_{key}"]
     assert bool(collect(tmp_path).loc[0, "unlearned"])
+
+
+def test_tested_pictures_are_the_files_of_the_runs_test_fold(tmp_path):
+    import json
+
+    import pandas as pd
+
+    run = tmp_path / "pretrain/rotation-16ep/lf1_s0/.folds/f0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({
+        "kind": "train", "test_set": "aflw2000",
+        "test_data": {"aflw2000": {"name": "aflw2000", "root": "/data/AFLW2000"}}}))
+    pd.DataFrame({"name": ["image00023.jpg", "image00051.jpg", "image00007.jpg"],
+                  **{c: [0.0] * 3 for c in ("yaw_true", "pitch_true", "roll_true", "yaw_pred", "pitch_pred",
+                                            "roll_pred")}}).to_csv(run / "predictions.csv", index=False)
+    assert ex.tested_pictures(run, k=2) == [Path("/data/AFLW2000/image00023.jpg"),
+                                            Path("/data/AFLW2000/image00051.jpg")]
+    assert len(ex.tested_pictures(run)) == 3
+    (run / "predictions.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="no predictions"):
+        ex.tested_pictures(run)

@@ -66,3 +66,51 @@ def test_evaluate_notebook_on_unlabelled_face_crops(tmp_path):
     assert predictions[["yaw_pred", "pitch_pred", "roll_pred"]].notna().all().all()
     assert predictions[["yaw_err", "pitch_err", "roll_err", "geodesic_err"]].isna().all().all()
     assert np.isfinite(predictions["yaw_pred"]).all()
+
+
+def test_a_notebook_without_out_dir_leaves_nothing_in_the_temp_dir(tmp_path, monkeypatch):
+    """The scratch folder a notebook makes without ``out_dir`` is gone when the notebook has run."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))  # the kernel's tempfile.gettempdir()
+    papermill.execute_notebook(str(NOTEBOOKS / "pretrain.ipynb"), str(tmp_path / "pretrain.ipynb"),
+                               kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
+    executed = nbformat.read(str(tmp_path / "pretrain.ipynb"), as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    assert "run folder: " + str(temp) in printed  # it did work in a scratch folder there
+    assert not [p.name for p in temp.iterdir() if p.name.startswith("hpelib-")]
+
+
+def test_lab_serves_the_repository_with_results_one_click_away(tmp_path):
+    """``make lab``'s server (``python -m hpelib.lab``): its contents API lists results/ and notebooks/."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg")}
+    server = subprocess.Popen([sys.executable, "-m", "hpelib.lab", "--no-browser", f"--port={port}",
+                               "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=t0k"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        listing, deadline = None, time.time() + 90
+        while listing is None and time.time() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/results?token=t0k", timeout=5) as r:
+                    listing = json.load(r)
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(0.5)
+        assert listing is not None, "the lab server did not answer"
+        assert "README.md" in {item["name"] for item in listing["content"]}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/notebooks?token=t0k", timeout=5) as r:
+            assert "train.ipynb" in {item["name"] for item in json.load(r)["content"]}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

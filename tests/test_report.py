@@ -636,6 +636,15 @@ def test_collect_and_build_report_restricted_to_given_runs(tree, tmp_path):
     section = text.split("## Runs left out")[1].split("\n## ")[0]
     assert "- pretrain/rotation/lf0.1/s2 (not part of this study)" in section
     assert section.count("\n- ") == 6 + 3 + 2  # pretrain x 6, auxiliary at 10 % x 3, the 2 incomplete
+    # the study runner says why its own missing runs are missing: failed ones are called failed
+    why = {"auxiliary/crashed": "FAILED: auxiliary/crashed: cell 3: RuntimeError: boom",
+           "combined/never/lf1.0/s0": "not run: the run it depends on failed (pretrain/x_s0)"}
+    with pytest.warns(UserWarning, match="left out"):
+        paths = report.build_report(tree, tmp_path / "out2", runs=ours, why_not=why)
+    text = Path(paths["warnings_md"]).read_text()
+    assert "- auxiliary/crashed (FAILED: auxiliary/crashed: cell 3: RuntimeError: boom)" in text
+    assert "- combined/never/lf1.0/s0 (not run: the run it depends on failed (pretrain/x_s0))" in text
+    assert "auxiliary/crashed (not part of this study)" not in text
 
 
 def test_build_report_lists_left_out_runs_in_warnings_md(tree, tmp_path):

@@ -537,6 +537,21 @@ def test_an_unlearned_run_gets_a_line(tmp_path):
                      "([syn] yaw 30.0 vs 31.0); marked in metrics.json and the report"]
 
 
+def test_the_report_is_told_why_failed_runs_are_missing(tiny, monkeypatch):
+    import hpelib.report
+
+    tiny["yaml"].write_text(tiny["yaml"].read_text().replace("report: false", "report: true"))
+    tiny["fail"].write_text("pretrain/jigsaw_s0\n")
+    calls = []
+    monkeypatch.setattr(hpelib.report, "build_report", lambda *a, **k: calls.append(k))
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 1
+    why = calls[0]["why_not"]
+    assert why["pretrain/jigsaw_s0"].startswith("FAILED: pretrain/jigsaw_s0: cell") and "planned failure" in why[
+        "pretrain/jigsaw_s0"]
+    assert why["pretrain/jigsaw/lf0.5_s0"] == "not run: the run it depends on failed (pretrain/jigsaw_s0)"
+    assert "baseline/none/lf0.5_s0" in calls[0]["runs"] and "baseline/none/lf0.5_s0" not in why
+
+
 def test_the_report_covers_the_runs_of_this_study_only(tiny, monkeypatch):
     import hpelib.report
 

@@ -24,11 +24,13 @@ def _first(lines: list[str], k: int = 3) -> str:
 
 def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, baseline: str = "baseline",
                  baseline_init: str | None = None, angles: Sequence[str] = ("yaw", "pitch"),
-                 runs: Iterable | None = None) -> dict[str, Path]:
+                 runs: Iterable | None = None, why_not: dict | None = None) -> dict[str, Path]:
     """Write every table and figure of a study into ``out_dir``; returns ``{name: path}``.
 
     ``runs``: the run ids (folders relative to ``results_dir``) to report, e.g.
     those of one study; None: every run folder under ``results_dir``.
+    ``why_not``: ``{run id: reason}`` of the study's runs that are not
+    reported (failed, unfinished), listed in ``warnings.md`` with the reason.
 
     Files: ``results.csv``, ``warnings.md`` (always: the runs left out with
     the reason, see :func:`collect`, and the :func:`study_warnings`; "none"
@@ -43,7 +45,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, bas
     """
     out = Path(out_dir)
     runs = None if runs is None else list(runs)  # read twice: by the tables and by the predictions
-    df, left_out = collect_with_left_out(results_dir, runs, stacklevel=3)
+    df, left_out = collect_with_left_out(results_dir, runs, stacklevel=3, why_not=why_not)
     if df.empty:
         raise ValueError(f"no complete runs ({CONFIG} + {METRICS}) under {results_dir}")
     paths: dict[str, Path] = {"results_csv": write_results_table(df, out / "results.csv")}

@@ -105,19 +105,27 @@ def _run_rows(folder: RunFolder, rel: str, root: Path, left_out: list[str]) -> l
 
 
 def collect_with_left_out(results_dir: str | os.PathLike, runs: Iterable | None = None,
-                          stacklevel: int = 2) -> tuple[pd.DataFrame, list[str]]:
-    """:func:`collect`, and the runs it left out: ``"<folder> (<reason>)"`` each (``stacklevel``: of its warnings)."""
+                          stacklevel: int = 2, why_not: dict | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`collect`, and the runs it left out: ``"<folder> (<reason>)"`` each (``stacklevel``: of its warnings).
+
+    ``why_not``: ``{run id: reason}`` for runs of the study that are not in
+    ``runs`` (failed, not finished, made with other settings); they are listed
+    with that reason, whether or not their folder exists, instead of as "not
+    part of this study".
+    """
     root = Path(results_dir)
     if not root.is_dir():
         raise ValueError(f"results folder {root} does not exist: pass the folder the study wrote its runs into")
     wanted = _wanted(root, runs)
+    why_not = dict(why_not or {})
     rows, left_out = [], []
     for d in _run_dirs(root):
         rel = d.relative_to(root).as_posix() or "."
         if wanted(rel):
             rows += _run_rows(RunFolder(d), rel, root, left_out)
         else:
-            left_out.append(f"{rel} (not part of this study)")
+            left_out.append(f"{rel} ({why_not.pop(rel, 'not part of this study')})")
+    left_out += [f"{rel} ({reason})" for rel, reason in sorted(why_not.items())]
     if left_out:
         warnings.warn(f"left out {len(left_out)} run(s) under {root}, in no table or figure: " + "; ".join(left_out),
                       UserWarning, stacklevel=stacklevel)

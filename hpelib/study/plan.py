@@ -60,6 +60,8 @@ def _spec(d: dict, study: dict, what: str, problems: dict) -> RunSpec | None:
     """A RunSpec from its dict form; what the engine rejects goes into ``problems`` ({problem: [run ids]})."""
     if "image_size" in study:
         d = {**d, "image_size": study["image_size"]}
+    if study.get("imports"):
+        d = {**d, "imports": study["imports"], "import_paths": study["import_paths"]}
     try:
         return RunSpec.from_dict(d)
     except (TypeError, ValueError) as e:
@@ -131,8 +133,10 @@ def expand(study: dict, out) -> list[Run]:
     runs = sorted(pre_runs.values(), key=lambda r: -r.spec.train.epochs) + train_runs
     fingerprints = {}  # a run's own spec + the fingerprints of what it depends on
     for r in runs:
-        r.fingerprint = _fp({"notebook": r.notebook.name, "spec": r.spec.to_dict(),
-                             "deps": [fingerprints[d] for d in r.deps]})
+        parts = {"notebook": r.notebook.name, "spec": r.spec.to_dict(), "deps": [fingerprints[d] for d in r.deps]}
+        if study.get("import_digests"):  # the source of each imported module: editing it re-runs the study
+            parts["imports"] = study["import_digests"]
+        r.fingerprint = _fp(parts)
         fingerprints[r.run_id] = r.fingerprint
     return runs
 

@@ -97,15 +97,34 @@ def _report(out: Path, planned, echo) -> int:
     if stale:
         echo(f"left out of the report: {len(stale)} run(s) whose results were made with other settings than the "
              f"study's (run the study again to update them): {', '.join(stale[:5])}" + (" ..." if len(stale) > 5 else ""))
+    why_not = {rid: _why_not_reported(rs, out, rid in stale) for rid, rs in settings.items() if rid not in current}
     try:
         from ..report import build_report
 
-        build_report(out, out / "report", runs=current)
+        build_report(out, out / "report", runs=current, why_not=why_not)
         echo(f"report: {out / 'report'}")
         return 0
     except Exception as e:
         echo(f"report failed: {type(e).__name__}: {e}")
         return 1
+
+
+def _why_not_reported(runs, out: Path, stale: bool) -> str:
+    """Why a setting of the study (its runs: one, or the folds of a k-fold setting) is not in the report."""
+    for r in runs:
+        failed = r.folder(out) / FAILED
+        if failed.is_file():
+            try:
+                err = read_json(failed)
+                return f"FAILED: {_failure_line(r.run_id, err, 200)}"
+            except (OSError, ValueError, KeyError, TypeError):
+                return f"FAILED: see {failed}"
+    failed_deps = sorted({d for r in runs for d in r.deps if (out / d / FAILED).is_file()})
+    if failed_deps:
+        return f"not run: the run it depends on failed ({', '.join(failed_deps)})"
+    if stale:
+        return "made with other settings than the study's: run the study again to update it"
+    return "not run yet, or interrupted: run the study again to finish it"
 
 
 def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool) -> dict:

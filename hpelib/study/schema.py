@@ -44,6 +44,8 @@ TOP_KEYS = {
              "once); validation: V tests on a V-th of the training folds instead (choosing a recipe)",
     "report": "false to skip the report at the end",
     "timeout_s": "per-cell execution timeout of the notebooks (default: none)",
+    "imports": "Python modules with your own registered SSL tasks, backbones, pose heads or data sets "
+               "(the study file's folder is searched first); imported by the runner and by every run",
 }
 DATA_KEYS = {"pretrain", "train", "test"}
 SCENARIO_KEYS = {"variants", "label_fractions", "seeds", "model", "train", "description"}
@@ -190,6 +192,7 @@ def load_study(path: str | os.PathLike, env: dict[str, str] | None = None, check
     problems.raise_if_any()
     study.setdefault("name", path.stem)
     study["_file"] = str(path.resolve())
+    _imports(study, path, problems)  # before anything that checks registered names
     study["notebooks"] = abs_path(study.get("notebooks") or "notebooks")
     if "image_size" in study:
         study["image_size"] = problems.values(_spec_values, {"image_size": study["image_size"]}, "")["image_size"]
@@ -226,6 +229,32 @@ def load_study(path: str | os.PathLike, env: dict[str, str] | None = None, check
                           for name, sc in scenarios.items()}
     problems.raise_if_any()
     return study
+
+
+def _imports(study: dict, path: Path, problems: _Problems) -> None:
+    """Import the study's ``imports`` (its folder first on ``sys.path``); record them and their source digests.
+
+    ``study["imports"]`` (module names), ``study["import_paths"]`` (the study
+    file's folder) and ``study["import_digests"]`` ({module: digest of its
+    source file}, part of every run's fingerprint). A module that cannot be
+    imported is one problem naming it; the rest of the file is not checked
+    then, since its names may come from that module.
+    """
+    from ..plugins import PluginError, import_modules, module_digest
+
+    modules = study.get("imports") or []
+    if isinstance(modules, str):
+        modules = [modules]
+    if not isinstance(modules, list):
+        problems.add("imports", f"must be a list of module names, got {modules!r}")
+        problems.raise_if_any()
+    paths = [str(path.resolve().parent)] if modules else []
+    try:
+        loaded = import_modules(modules, paths, where=f"{path}: imports")
+    except PluginError as e:
+        raise StudyError(str(e)) from None
+    study["imports"], study["import_paths"] = list(modules), paths
+    study["import_digests"] = {name: module_digest(m) for name, m in loaded.items()}
 
 
 def _spec_values(block: dict):
