@@ -367,3 +367,80 @@ def test_cli_ctrl_c_says_what_is_saved_and_how_to_resume(tmp_path, synth_root, c
     assert cli_main(["train", "--config", str(path), "--restart"]) == 130
     assert _one_error_line(capsys).startswith(
         f"interrupted before the first epoch finished: nothing is saved in {out};")
+
+
+def test_sigterm_mid_epoch_saves_the_step_and_the_resumed_run_is_exact(tmp_path, monkeypatch, synth_root):
+    """SIGTERM after step 3 of epoch 1 (of 2): one step lost at most, and resuming gives the same weights."""
+    import os
+    import signal
+
+    from hpelib.engine import TrainingStopped
+    from hpelib.engine import loop
+
+    cfg = tcfg(batch_size=2)  # 4 steps per epoch on 8 images
+    full = train(MODEL, synthetic(synth_root), None, cfg, tmp_path / "full")
+    real_step, calls = loop._optimizer_step, []
+
+    def step_then_signal(fit, total):
+        real_step(fit, total)
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, handled between two steps
+
+    monkeypatch.setattr(loop, "_optimizer_step", step_then_signal)
+    with pytest.raises(TrainingStopped, match=r"stopped by SIGTERM at epoch 1/2, step 3/4.*run again to resume"):
+        train(MODEL, synthetic(synth_root), None, cfg, tmp_path / "split")
+    saved = C.read_checkpoint(tmp_path / "split" / "checkpoint.pt")
+    assert saved["epoch"] == 0 and saved["step"] == 3 and len(calls) == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+    monkeypatch.setattr(loop, "_optimizer_step", real_step)
+    resumed = train(MODEL, synthetic(synth_root), None, cfg, tmp_path / "split")
+    a, b = weights(tmp_path / "full" / "model.pt"), weights(tmp_path / "split" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-12)
+    log = (tmp_path / "split" / "train.log").read_text()
+    assert "stopped by SIGTERM at epoch 1/2, step 3/4" in log and "resumed from epoch 0/2, step 3/4" in log
+
+
+def test_epoch_batches_are_the_loaders_own(synth_root):
+    from hpelib.engine.data import epoch_batches, remaining_loader, train_loader
+
+    class Indexed(torch.utils.data.Dataset):
+        def __len__(self):
+            return 23
+
+        def __getitem__(self, i):
+            return torch.tensor(i)
+
+    loader = train_loader(Indexed(), TrainConfig(batch_size=4, num_workers=0), 5, torch.device("cpu"))
+    predicted = epoch_batches(loader)
+    assert predicted == [b.tolist() for b in loader] and len(predicted) == 5  # 23 // 4, last dropped
+    again = train_loader(Indexed(), TrainConfig(batch_size=4, num_workers=0), 5, torch.device("cpu"))
+    assert [b.tolist() for b in remaining_loader(again, 2)] == predicted[2:]
+
+
+def test_cli_sigterm_saves_the_step_it_was_in_and_exits_143(tmp_path, synth_root):
+    """The engine CLI as a cluster stops it: SIGTERM mid-training, one line, exit 143, then it resumes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = {"name": "synthetic", "root": str(synth_root), "image_size": SIZE, "seed": 7, "split": "train", "n": 8}
+    out = tmp_path / "run"
+    config = {"out_dir": str(out), "model": MODEL, "train_data": data,
+              "train": {"epochs": 400, "batch_size": 2, "device": "cpu", "progress": False}}
+    (tmp_path / "run.json").write_text(json.dumps(config))
+    command = [sys.executable, "-m", "hpelib.engine.cli", "train", "--config", str(tmp_path / "run.json")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not ((out / "train.log").is_file() and "epoch 2/400" in (out / "train.log").read_text()):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: train: stopped by SIGTERM "), err
+    saved = C.read_checkpoint(out / "checkpoint.pt")  # mid-epoch, or after the epoch whose last step it hit
+    assert saved["epoch"] >= 2 and (saved.get("step", 0) > 0) == (" at epoch " in lines[0])

@@ -278,3 +278,30 @@ def test_box_correction_fit_and_merging():
     assert [d.box for d in kept] == [(2, 2, 8, 8), (20, 20, 30, 30)]  # a box inside a better one goes
     assert set(HAAR_CORRECTIONS) == {"frontal", "profile"}
     assert HaarDetector().detect(np.zeros((64, 64, 3), np.uint8)) == []  # no face in a black picture
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_a_stopped_command_keeps_its_rows_and_exits_128_plus_the_signal(crops, model_pt, tmp_path, capsys,
+                                                                       monkeypatch, signum):
+    import os
+    import signal
+
+    from hpelib.predict.predictor import Predictor
+
+    sent = []
+
+    def predict_then_stop(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if not sent:
+            sent.append(1)
+            os.kill(os.getpid(), getattr(signal, signum))  # as `timeout`, `scancel` or a closed terminal would
+        return result
+
+    original = Predictor.predict_batch
+    monkeypatch.setattr(Predictor, "predict_batch", predict_then_stop)
+    folder, _ = crops
+    status, _, err = run(capsys, "--checkpoint", model_pt, folder, "--out", tmp_path / "out", "--cropped",
+                         "--batch-size", "1")
+    assert status == 128 + getattr(signal, signum) and sent
+    assert err.strip() == f"interrupted by {signum}: the rows written so far are kept"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -496,8 +496,8 @@ def test_ctrl_c_gives_one_line_and_keeps_what_is_done(tiny, monkeypatch):
     monkeypatch.setattr(runner.Scheduler, "run", interrupted)
     lines = []
     assert st.run_study(tiny["yaml"], tiny["out"], echo=lines.append) == 130
-    assert lines == ["interrupted: 1 of 2 runs complete (kept); the running ones were stopped and keep their last "
-                     "finished epoch; run the same command again to continue"]
+    assert lines == ["interrupted by SIGINT: 1 of 2 runs complete (kept), 0 stopped; the running ones were stopped, "
+                     "each saving its state at the step it was in; run the same command again to continue"]
     summary = json.loads((tiny["out"] / "study_summary.json").read_text())["runs"]
     assert summary["baseline/none/lf0.5_s1"]["status"] == "not run (interrupted)"
     assert (tiny["out"] / "baseline/none/lf0.5_s0/metrics.json").is_file()

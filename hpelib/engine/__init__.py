@@ -5,6 +5,6 @@ See docs/ENGINE.md for how to run, resume and launch with ``torchrun``.
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .evaluate import Evaluation, evaluate
-from .loop import pretrain, train
+from .loop import TrainingStopped, pretrain, train
 
-__all__ = ["TrainConfig", "pretrain", "train", "evaluate", "Evaluation", "load_checkpoint"]
+__all__ = ["TrainConfig", "pretrain", "train", "evaluate", "Evaluation", "load_checkpoint", "TrainingStopped"]

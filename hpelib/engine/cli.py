@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from hpelib.signals import exit_status, signal_name, stop_on_signals
+
 _KEYS = ("out_dir", "model", "train", "train_data", "val_data", "test_data", "eval_batch_size")
 # Keys of metrics.json that describe the training (kept when ``evaluate`` rewrites the file).
 _TRAINING_KEYS = ("train_", "val_", "epochs", "kind")
@@ -118,7 +120,7 @@ def _main(argv=None) -> int:
     parser.add_argument("--restart", action="store_true", help="ignore an existing checkpoint (resume=False)")
     args = parser.parse_args(argv)
 
-    from hpelib.engine import evaluate, pretrain, train
+    from hpelib.engine import TrainingStopped, evaluate, pretrain, train
     from hpelib.runs import RunFolder, training_summary
 
     cfg = load_run_config(args.config)
@@ -140,31 +142,36 @@ def _main(argv=None) -> int:
 
     started = time.time()
     try:
-        train_set = _dataset(cfg.get("train_data"), "train_data", True)
-        if args.command == "pretrain":
-            result = pretrain(cfg.get("model") or {}, train_set, cfg.get("train") or {}, out_dir,
-                              resume=not args.restart)
-        else:
-            val_set = _dataset(cfg.get("val_data"), "val_data", False)
-            result = train(cfg.get("model") or {}, train_set, val_set, cfg.get("train") or {}, out_dir,
-                           resume=not args.restart)
-        if not rank0:
-            return 0
-        evaluation = None
-        if args.command == "train" and test_spec is not None:
-            evaluation = evaluate(out_dir, _dataset(test_spec, "test_data", True), batch_size=eval_bs)
-            result["test"] = evaluation.metrics
-    except KeyboardInterrupt:
+        with stop_on_signals():
+            train_set = _dataset(cfg.get("train_data"), "train_data", True)
+            if args.command == "pretrain":
+                result = pretrain(cfg.get("model") or {}, train_set, cfg.get("train") or {}, out_dir,
+                                  resume=not args.restart)
+            else:
+                val_set = _dataset(cfg.get("val_data"), "val_data", False)
+                result = train(cfg.get("model") or {}, train_set, val_set, cfg.get("train") or {}, out_dir,
+                               resume=not args.restart)
+            if not rank0:
+                return 0
+            evaluation = None
+            if args.command == "train" and test_spec is not None:
+                evaluation = evaluate(out_dir, _dataset(test_spec, "test_data", True), batch_size=eval_bs)
+                result["test"] = evaluation.metrics
+    except TrainingStopped as e:  # SIGTERM/SIGHUP while training: a mid-epoch checkpoint is saved
         if rank0:
-            print(_interrupted(folder, started if args.restart else None), file=sys.stderr)
-        return 130
+            print(f"interrupted: {e}", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt as e:
+        if rank0:
+            print(_interrupted(folder, started if args.restart else None, signal_name(e)), file=sys.stderr)
+        return exit_status(e)
     _write_results(folder, training_summary(result), test_spec, evaluation)
     print(json.dumps(result, indent=2))
     return 0
 
 
-def _interrupted(folder, restarted_at) -> str:
-    """The line printed on Ctrl-C: which epoch's checkpoint the run folder keeps and how to go on.
+def _interrupted(folder, restarted_at, by: str = "SIGINT") -> str:
+    """The line printed on Ctrl-C (or SIGTERM/SIGHUP): which checkpoint the run folder keeps and how to go on.
 
     ``restarted_at``: the time a ``--restart`` command started (an older
     checkpoint is not this run's), else ``None``.
@@ -173,11 +180,12 @@ def _interrupted(folder, restarted_at) -> str:
 
     path = folder.file(CHECKPOINT)
     epochs = _checkpoint_epochs(path)
+    what = "interrupted" if by == "SIGINT" else f"interrupted by {by}"
     if epochs is None or (restarted_at is not None and path.stat().st_mtime < restarted_at):
-        return (f"interrupted before the first epoch finished: nothing is saved in {folder.path}; "
+        return (f"{what} before the first epoch finished: nothing is saved in {folder.path}; "
                 "run the same command again to start the run")
     again = "run the command again without --restart" if restarted_at is not None else "run the same command again"
-    return f"interrupted: the checkpoint after epoch {epochs[0]}/{epochs[1]} is kept in {folder.path}; " \
+    return f"{what}: the checkpoint after epoch {epochs[0]}/{epochs[1]} is kept in {folder.path}; " \
            f"{again} to resume from it"
 
 

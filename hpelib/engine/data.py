@@ -87,6 +87,33 @@ def train_loader(dataset, cfg, epoch: int, device: torch.device, rank: int = 0, 
                        drop_last=drop_last, generator=gen, sampler=sampler)
 
 
+def epoch_batches(loader: DataLoader) -> list[list[int]]:
+    """The index batches ``loader`` will yield in its next pass, computed without loading anything.
+
+    Iterating a DataLoader first draws its workers' base seed from the loader's
+    generator, then the shuffling permutation; this draws both in that order
+    and restores the generator, so the loader's own pass is unchanged (a test
+    checks the batches against a real pass).
+    """
+    g = loader.generator
+    state = None if g is None else g.get_state()
+    if g is not None:
+        torch.empty((), dtype=torch.int64).random_(generator=g)
+    batches = [list(b) for b in loader.batch_sampler]
+    if g is not None:
+        g.set_state(state)
+    return batches
+
+
+def remaining_loader(loader: DataLoader, done_steps: int) -> DataLoader:
+    """``loader``'s pass without its first ``done_steps`` batches (a run resumed in the middle of an epoch)."""
+    if done_steps <= 0:
+        return loader
+    return DataLoader(loader.dataset, batch_sampler=epoch_batches(loader)[done_steps:],
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                      worker_init_fn=loader.worker_init_fn, generator=loader.generator)
+
+
 def steps_per_epoch(n: int, cfg, world_size: int = 1) -> int:
     per_rank = -(-n // world_size)
     steps = per_rank // cfg.batch_size if per_rank >= cfg.batch_size else 1

@@ -21,6 +21,17 @@ Files written into ``out_dir`` (rank 0 only; names from :mod:`hpelib.runs`):
 A ``checkpoint.pt`` that cannot be resumed from (damaged, or not a resumable
 checkpoint) is an error that says how to start the run over.
 
+**Stopped by a signal** (SIGTERM: SLURM's time limit, preemption and
+``scancel``, ``timeout``, ``docker stop``; SIGHUP; the study runner stopping
+its runs): in a single process the loop finishes the optimizer step under
+way, saves a mid-epoch ``checkpoint.pt`` (``step`` > 0: the steps done in the
+epoch, its partial loss sums, the view generator's and the global RNG states)
+and raises :class:`TrainingStopped`; a later call resumes at that step, with
+the same batches, views and random draws as an uninterrupted run (tested bit
+for bit on the CPU). At most one step is lost. Under DDP the ranks could stop
+at different steps, so there the signals keep their default action and a
+resumed run restarts the interrupted epoch from the last epoch checkpoint.
+
 ``metrics.json`` is not written here: the caller (the engine CLI, an
 experiment) writes the run folder's metrics through :class:`hpelib.runs.RunFolder`.
 
@@ -38,6 +49,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,12 +67,22 @@ from ..runs import CHECKPOINT, HISTORY, LOG, MODEL
 from . import checkpoint as C
 from . import distributed as D
 from .config import TrainConfig, build_optimizer, build_scheduler
-from .data import derive_seed, seed_everything, steps_per_epoch, train_loader, view_generator
+from .data import derive_seed, remaining_loader, seed_everything, steps_per_epoch, train_loader, view_generator
 from .evaluate import predict_dataset, summarize_predictions
 
 EpochCallback = Callable[[dict], None]
 #: what ``checkpoint.pt`` holds besides the model, needed to resume
 _RESUMABLE = ("epoch", "optimizer", "scheduler", "history", "rng")
+#: signals after which a single-process run saves its state at the next step boundary and stops
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a signal after saving a mid-epoch checkpoint; calling again resumes from it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 def train(model_cfg, train_set, val_set, train_cfg, out_dir, *, resume: bool = True,
@@ -159,6 +182,8 @@ class _Fit:
     n_steps: int  # optimizer steps per epoch
     start_epoch: int = 0  # epochs already done when this process started (resume)
     history: list = field(default_factory=list)  # one record per finished epoch
+    resume_at: Optional[dict] = None  # a mid-epoch checkpoint's step, partial sums and view RNG (resume)
+    stop_signal: Optional[int] = None  # set by a signal handler: save and stop at the next step boundary
 
 
 def _run(job: _Job) -> dict:
@@ -185,15 +210,42 @@ def _execute(job: _Job, info: D.DistInfo, device: torch.device) -> dict:
             return dict(saved["result"])
     fit = _start(job, info, device, saved)
     if saved is not None and info.is_main:
-        _append_log(job, f"resumed from epoch {fit.start_epoch}/{job.cfg.epochs} ({CHECKPOINT})")
-    for epoch in range(fit.start_epoch, job.cfg.epochs):
-        _run_epoch(fit, epoch)
-        if job.on_epoch_end is not None:
-            job.on_epoch_end({"epoch": epoch + 1, "model": fit.model, "history": fit.history, "rank": info.rank})
-        if job.stop_after_epoch is not None and epoch + 1 >= job.stop_after_epoch and epoch + 1 < job.cfg.epochs:
-            return {"kind": job.kind, "epochs": epoch + 1, "finished": False, "out_dir": str(job.out_dir),
-                    "train_time_s": sum(h["time_s"] for h in fit.history)}
-    return _finish(fit)
+        at = f", step {fit.resume_at['step']}/{fit.n_steps}" if fit.resume_at else ""
+        _append_log(job, f"resumed from epoch {fit.start_epoch}/{job.cfg.epochs}{at} ({CHECKPOINT})")
+    with _stop_on_signals(fit):
+        for epoch in range(fit.start_epoch, job.cfg.epochs):
+            _run_epoch(fit, epoch)
+            if job.on_epoch_end is not None:
+                job.on_epoch_end({"epoch": epoch + 1, "model": fit.model, "history": fit.history,
+                                  "rank": info.rank})
+            if (job.stop_after_epoch is not None and epoch + 1 >= job.stop_after_epoch
+                    and epoch + 1 < job.cfg.epochs):
+                return {"kind": job.kind, "epochs": epoch + 1, "finished": False, "out_dir": str(job.out_dir),
+                        "train_time_s": sum(h["time_s"] for h in fit.history)}
+            if fit.stop_signal is not None and epoch + 1 < job.cfg.epochs:  # came during the epoch's last step
+                name = signal.Signals(fit.stop_signal).name
+                _append_log(job, f"stopped by {name} after epoch {epoch + 1}/{job.cfg.epochs} ({CHECKPOINT})")
+                raise TrainingStopped(f"{job.kind}: stopped by {name} after epoch {epoch + 1}/{job.cfg.epochs}; "
+                                      f"run again to resume from {job.checkpoint}", fit.stop_signal)
+        return _finish(fit)
+
+
+@contextlib.contextmanager
+def _stop_on_signals(fit: _Fit):
+    """While training alone in the main thread, :data:`STOP_SIGNALS` ask the loop to save and stop."""
+    if fit.info.world_size > 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ask_to_stop(signum, frame):
+        fit.stop_signal = signum
+
+    previous = {s: signal.signal(s, ask_to_stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _read_resumable(job: _Job) -> dict:
@@ -234,6 +286,9 @@ def _start(job: _Job, info: D.DistInfo, device: torch.device, saved: Optional[di
         fit.history = list(saved["history"])
         fit.start_epoch = int(saved["epoch"])
         C.set_rng_state(saved["rng"])
+        if int(saved.get("step") or 0) > 0:
+            fit.resume_at = {"step": int(saved["step"]), "partial": saved["partial"], "rng": saved["rng"],
+                             "view_rng": saved["view_rng"]}
     fit.net = D.wrap(model, info, device, cfg.ddp_find_unused_parameters)
     return fit
 
@@ -245,7 +300,12 @@ def _run_epoch(fit: _Fit, epoch: int) -> None:
     seed_everything(derive_seed(job.cfg.seed, epoch, "global", info.rank))
     loader = train_loader(job.train_set, job.cfg, epoch, fit.device, info.rank, info.world_size)
     gen = view_generator(job.cfg.seed, epoch, info.rank, torch.device("cpu"))
-    record = _train_epoch(fit, loader, gen, epoch)
+    resume, fit.resume_at = fit.resume_at, None
+    if resume is not None:  # a mid-epoch checkpoint: the same batches, views and draws from its step on
+        loader = remaining_loader(loader, resume["step"])
+        gen.set_state(resume["view_rng"])
+        C.set_rng_state(resume["rng"])
+    record = _train_epoch(fit, loader, gen, epoch, resume)
     D.sync_buffers(fit.model, info)
     _validate(fit, record, epoch)
     fit.history.append(record)
@@ -256,20 +316,21 @@ def _run_epoch(fit: _Fit, epoch: int) -> None:
     D.barrier(info)
 
 
-def _train_epoch(fit: _Fit, loader, gen: torch.Generator, epoch: int) -> dict:
-    """One pass over ``loader`` (at most ``n_steps`` steps); returns the epoch's history record."""
+def _train_epoch(fit: _Fit, loader, gen: torch.Generator, epoch: int, resume: Optional[dict] = None) -> dict:
+    """One pass over ``loader`` (at most ``n_steps`` steps, from ``resume["step"]`` on); the epoch's record."""
     job, cfg, info = fit.job, fit.job.cfg, fit.info
     fit.model.train()
-    sums: dict[str, float] = {}
-    n_images = 0
-    steps_done = 0
-    lr = fit.optimizer.param_groups[0]["lr"]
+    partial = resume["partial"] if resume else {"sums": {}, "n_images": 0, "lr": None, "time_s": 0.0}
+    sums: dict[str, float] = dict(partial["sums"])
+    n_images = int(partial["n_images"])
+    steps_done = first = resume["step"] if resume else 0
+    lr = partial["lr"] if partial["lr"] is not None else fit.optimizer.param_groups[0]["lr"]
     show = cfg.progress and info.is_main
-    bar = tqdm(total=fit.n_steps, desc=f"{job.kind} {epoch + 1}/{cfg.epochs}", disable=not show, leave=False,
-               unit="step", dynamic_ncols=True)
-    t0 = time.perf_counter()
+    bar = tqdm(total=fit.n_steps, initial=first, desc=f"{job.kind} {epoch + 1}/{cfg.epochs}", disable=not show,
+               leave=False, unit="step", dynamic_ncols=True)
+    t0 = time.perf_counter() - float(partial["time_s"])
     try:
-        for step, (images, poses) in enumerate(loader):
+        for step, (images, poses) in enumerate(loader, start=first):
             if step >= fit.n_steps:
                 break
             losses = _forward(fit, images, poses, gen)
@@ -284,6 +345,9 @@ def _train_epoch(fit: _Fit, loader, gen: torch.Generator, epoch: int) -> dict:
                 rate = n_images * info.world_size / max(time.perf_counter() - t0, 1e-9)
                 bar.set_postfix(loss=f"{sums['total'] / done:.4f}", img_s=f"{rate:.1f}")
             bar.update(1)
+            if fit.stop_signal is not None and done < fit.n_steps:
+                _save_and_stop(fit, epoch, done, gen, {"sums": sums, "n_images": n_images, "lr": lr,
+                                                        "time_s": time.perf_counter() - t0})
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
@@ -292,6 +356,20 @@ def _train_epoch(fit: _Fit, loader, gen: torch.Generator, epoch: int) -> dict:
                          f"the training set has {len(loader.dataset)} samples")
     return {"epoch": epoch + 1, "loss": _mean_losses(sums, steps_done, info), "lr": lr, "time_s": elapsed,
             "steps": steps_done, "images_per_s": n_images * info.world_size / max(elapsed, 1e-9), "val": None}
+
+
+def _save_and_stop(fit: _Fit, epoch: int, steps_done: int, gen: torch.Generator, partial: dict) -> None:
+    """Write the mid-epoch checkpoint (``steps_done`` steps into epoch ``epoch``) and raise :class:`TrainingStopped`."""
+    job = fit.job
+    state = _state(fit, epoch)
+    state.update(step=steps_done, partial=partial, view_rng=gen.get_state())
+    C.save(state, job.checkpoint)
+    name = signal.Signals(fit.stop_signal).name
+    _append_log(job, f"stopped by {name} at epoch {epoch + 1}/{job.cfg.epochs}, step {steps_done}/{fit.n_steps}: "
+                     f"state saved in {CHECKPOINT}")
+    raise TrainingStopped(f"{job.kind}: stopped by {name} at epoch {epoch + 1}/{job.cfg.epochs}, step "
+                          f"{steps_done}/{fit.n_steps}; the state is saved in {job.checkpoint}: run again to resume "
+                          "from there", fit.stop_signal)
 
 
 def _forward(fit: _Fit, images, poses, gen: torch.Generator) -> dict:

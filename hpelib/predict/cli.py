@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from ..models.files import UnreadableCheckpoint
+from ..signals import exit_status, signal_name, stop_on_signals
 
 __all__ = ["main", "build_parser"]
 
@@ -55,16 +56,19 @@ def main(argv=None) -> int:
     from .predictor import Predictor
 
     try:
-        detector = None if (args.cropped or args.boxes) else HaarDetector(min_size=args.min_face, min_score=args.min_score)
-        predictor = Predictor(args.checkpoint, device=args.device, detector=detector, batch_size=args.batch_size)
-        summary = predict_files(args.inputs, args.out, predictor, boxes=args.boxes, draw=args.draw,
-                                progress=args.progress)
+        with stop_on_signals():
+            detector = (None if (args.cropped or args.boxes)
+                        else HaarDetector(min_size=args.min_face, min_score=args.min_score))
+            predictor = Predictor(args.checkpoint, device=args.device, detector=detector, batch_size=args.batch_size)
+            summary = predict_files(args.inputs, args.out, predictor, boxes=args.boxes, draw=args.draw,
+                                    progress=args.progress)
     except (FileNotFoundError, UnreadableCheckpoint, ValueError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: the rows written so far are kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        by = "" if signal_name(e) == "SIGINT" else f" by {signal_name(e)}"
+        print(f"interrupted{by}: the rows written so far are kept", file=sys.stderr)
+        return exit_status(e)
     print(summary.line())
     if summary.failed:
         print(f"error: {len(summary.failed)} files could not be read: "

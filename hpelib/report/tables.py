@@ -136,7 +136,7 @@ def _mark_notes(marks: Sequence[str]) -> list[str]:
     """Caption sentences for the marks used in a table."""
     notes = []
     if any("†" in m for m in marks):
-        notes.append(f"†: a run of this row is not clearly below the constant predictor (always the mean "
+        notes.append(f"†: a run of this row is not clearly below the constant predictor (always the median "
                      f"training pose): its yaw, pitch, roll or mean error is ≥ {UNLEARNED_RATIO:g} × the "
                      f"constant predictor's (warnings.md lists them).")
     if any("‡" in m for m in marks):

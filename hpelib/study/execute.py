@@ -11,14 +11,20 @@ so that the engine resumes from its checkpoint.
 Each notebook runs in its own child process (:mod:`.notebook_process`) with
 the kernel's environment (``PYTHONPATH``, one GPU in ``CUDA_VISIBLE_DEVICES``,
 ``OMP_NUM_THREADS``) and its stderr in the run's ``kernel.log``: the runner's
-own environment and file descriptors are never changed.
+own environment and file descriptors are never changed. The child runs in a
+session of its own, so a terminal's Ctrl-C reaches the runner alone, which
+then stops its runs: :meth:`Execution.stop` sends SIGTERM (the kernel saves
+a mid-epoch checkpoint) and :meth:`Execution.wait_stopped` kills what is
+still alive after :data:`STOP_GRACE_S` seconds.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -28,8 +34,15 @@ from . import notebook_process
 from .plan import Run
 from .schema import REPO_ROOT
 
-__all__ = ["is_complete", "prepare_folder", "write_meta", "Execution", "kernel_env", "gpu_ids", "notebook_request",
-           "checked_result", "error_record"]
+__all__ = ["is_complete", "finished_unobserved", "prepare_folder", "write_meta", "Execution", "kernel_env", "gpu_ids", "notebook_request",
+           "checked_result", "error_record", "RunFolderHeld", "STOP_GRACE_S"]
+
+#: seconds a stopped run gets to save its state before it is killed (below SLURM's default KillWait of 30 s)
+STOP_GRACE_S = 20.0
+
+
+class RunFolderHeld(RuntimeError):
+    """A run's folder is held by a living process (a run started by an earlier runner, still going)."""
 
 _REQUEST = ".execution_request.json"
 _RESULT = ".execution_result.json"
@@ -43,15 +56,38 @@ def _meta(folder: Path) -> dict | None:
 
 
 def is_complete(run: Run, out) -> bool:
-    """The notebook ran to its end, ``metrics.json`` is there, and the fingerprint equals the run's."""
+    """The run folder holds this run's result: ``metrics.json`` under the run's fingerprint, no ``FAILED``.
+
+    Decided from the folder itself, not from the runner's record alone: a run
+    that a process finished while no runner watched (the runner was killed) is
+    complete too (:func:`finished_unobserved`), never trained again. A folder
+    that a living process still holds is not complete yet.
+    """
     d = run.folder(out)
     meta = _meta(d) if (d / METRICS).is_file() else None
-    return bool(meta) and meta.get("fingerprint") == run.fingerprint and meta.get("complete") is True
+    if not meta or meta.get("fingerprint") != run.fingerprint:
+        return False
+    if meta.get("complete") is True:
+        return True
+    return not (d / FAILED).is_file() and notebook_process.held_by(d) is None
+
+
+def finished_unobserved(run: Run, out) -> bool:
+    """Complete, but the runner never recorded it (it finished after its runner was gone)."""
+    meta = _meta(run.folder(out)) or {}
+    return is_complete(run, out) and meta.get("complete") is not True
 
 
 def prepare_folder(run: Run, out, force: bool = False) -> Path:
-    """The run's folder, emptied when ``force`` or when its parameters changed; marked incomplete."""
+    """The run's folder, emptied when ``force`` or when its parameters changed; marked incomplete.
+
+    :class:`RunFolderHeld` when a living process holds the folder's run lock.
+    """
     d = run.folder(out)
+    holder = notebook_process.held_by(d) if d.is_dir() else None
+    if holder is not None:
+        raise RunFolderHeld(f"{d} is held by process {holder}, still running this run (started by an earlier "
+                            f"runner); wait for it to end or stop it (kill {holder}), then run the study again")
     if force and d.is_dir():
         shutil.rmtree(d)  # --force: start over, never return a stored result or resume a checkpoint
     elif (d / STUDY_RUN).is_file() and (_meta(d) or {}).get("fingerprint") != run.fingerprint:
@@ -109,7 +145,8 @@ class Execution:
         with open(self.folder / KERNEL_LOG, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, notebook_process.__file__, str(self.folder / _REQUEST)],
-                env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.folder)
+                env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.folder,
+                start_new_session=True)
 
     def poll(self) -> dict | None:
         """``None`` while running, then ``{"ok", "seconds", "error"}``."""
@@ -126,12 +163,29 @@ class Execution:
         return checked_result(result, self.folder)
 
     def stop(self) -> None:
+        """Ask the run to stop (SIGTERM: its kernel saves its state); returns at once, see :meth:`wait_stopped`."""
         if self.process.poll() is None:
             self.process.terminate()
+
+    def wait_stopped(self, deadline: float) -> bool:
+        """Wait until ``deadline`` (``time.monotonic()``) for the stopped run; then kill its process group.
+
+        True when it ended by itself. Its kernel, in a session of its own,
+        ends within a second of its parent (ipykernel's parent poller).
+        """
+        try:
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            ended = True
+        except subprocess.TimeoutExpired:
             try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except OSError:
                 self.process.kill()
+            self.process.wait()
+            ended = False
+        for name in (_REQUEST, _RESULT):
+            (self.folder / name).unlink(missing_ok=True)
+        return ended
 
 
 def notebook_request(run: Run, folder: Path, timeout_s: float | None = None) -> dict:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,7 +37,7 @@ from .execute import Execution, checked_result, failed_outside_notebook, gpu_ids
 from .plan import Run
 from .schema import StudyError
 
-__all__ = ["LocalExecutor", "SubmititExecutor", "SlurmOptions", "run_notebook"]
+__all__ = ["LocalExecutor", "SubmititExecutor", "SlurmOptions", "run_notebook", "RunNotebook"]
 
 #: SLURM job states (``squeue -o %T``) of a job that has ended
 _ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "REVOKED",
@@ -62,7 +63,7 @@ class LocalExecutor:
         return Execution(run, folder, kernel_env(self.jobs, gpu), self.timeout_s)
 
     def interrupt_note(self) -> str:
-        return ("the running ones were stopped and keep their last finished epoch; "
+        return ("the running ones were stopped, each saving its state at the step it was in; "
                 "run the same command again to continue")
 
 
@@ -73,12 +74,23 @@ class SlurmOptions:
     partition: str | None = None  # None: the cluster's default partition
     gpus_per_run: int = 1
     time_min: int = 240
+    warn_s: float | None = None  # the warning signal's lead time before the limit (None: see warning_lead_s)
     cpus_per_run: int = 8
     mem_gb: float = 32
     account: str | None = None
     qos: str | None = None
     setup: list[str] = field(default_factory=list)  # shell lines run in the job before the run (module load ...)
     cluster: str = "slurm"  # "local": submitit's local executor, for tests
+
+    def warning_lead_s(self) -> int:
+        """Seconds before the time limit at which the job is warned (and saves its state, then is requeued).
+
+        ``warn_s`` if given, else 90 s (submitit's default), but never more than
+        a fifth of the limit, so that a short limit still leaves a job most of its time.
+        """
+        if self.warn_s is not None:
+            return max(1, int(self.warn_s))
+        return max(1, int(min(90.0, 0.2 * 60.0 * self.time_min)))
 
 
 class SubmititExecutor:
@@ -100,8 +112,10 @@ class SubmititExecutor:
             self._executor = submitit.AutoExecutor(folder=self.folder, cluster=options.cluster)
         except RuntimeError as e:  # no srun here
             raise StudyError(f"--executor slurm: {e}") from None
+        lead = options.warning_lead_s()
         self._executor.update_parameters(  # None: not asked for (no GPU line in the sbatch script when 0)
-            timeout_min=options.time_min, gpus_per_node=options.gpus_per_run or None,
+            timeout_min=options.time_min, slurm_signal_delay_s=lead,
+            gpus_per_node=options.gpus_per_run or None,
             cpus_per_task=options.cpus_per_run, mem_gb=options.mem_gb, slurm_partition=options.partition,
             slurm_account=options.account, slurm_qos=options.qos, slurm_setup=list(options.setup))
 
@@ -139,7 +153,7 @@ class SubmititExecutor:
     def start(self, run: Run, folder: Path, gpu: str | None = None) -> SubmittedRun:
         """Submit ``run`` (its folder prepared) and record the job in :data:`hpelib.runs.SLURM_JOB`."""
         self._executor.update_parameters(name=f"hpelib:{run.run_id}")
-        job = self._executor.submit(run_notebook, notebook_request(run, Path(folder), self.timeout_s))
+        job = self._executor.submit(RunNotebook(), notebook_request(run, Path(folder), self.timeout_s))
         write_json(Path(folder) / SLURM_JOB, {
             "job_id": job.job_id, "run_id": run.run_id, "fingerprint": run.fingerprint,
             "submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "cluster": self.options.cluster,
@@ -202,6 +216,59 @@ def run_notebook(request: dict) -> dict:
     os.environ.update(kernel_env(1, None))  # this process is the job's own: the kernel inherits its environment
     with _output_to(Path(request["cwd"]) / KERNEL_LOG):
         return notebook_process.execute(**request)
+
+
+class RunNotebook:
+    """The job function of a run: :func:`run_notebook`, requeued with its run's state when SLURM warns.
+
+    SLURM sends the warning signal (submitit's ``--signal=USR2@90``) before a
+    job's time limit and on preemption; submitit then calls :meth:`checkpoint`
+    in the job. It asks the notebook's kernel to stop (SIGTERM: the training
+    loop saves a mid-epoch checkpoint, ``hpelib.engine``), waits until the
+    run's ``train.log`` says so (at most :data:`~.execute.STOP_GRACE_S`), ends
+    the kernel, and returns the same call, which submitit requeues: the next
+    job runs the notebook again and the run resumes from that step.
+    """
+
+    def __call__(self, request: dict) -> dict:
+        return run_notebook(request)
+
+    def checkpoint(self, request: dict):
+        import submitit
+
+        stop_kernel_and_wait(Path(request["cwd"]))
+        return submitit.helpers.DelayedSubmission(self, request)
+
+
+def stop_kernel_and_wait(folder: Path, grace_s: float | None = None) -> bool:
+    """SIGTERM to this process's children (the kernel), then wait for the run to have saved its state.
+
+    True when ``folder``'s ``train.log`` gained a ``stopped by`` line (the
+    state is saved) or every child ended; the children still alive then are
+    killed. Waits :data:`~.execute.STOP_GRACE_S` seconds at most.
+    """
+    import psutil
+
+    from ..runs import LOG
+    from .execute import STOP_GRACE_S
+
+    log = Path(folder) / LOG
+    before = log.read_text().count("stopped by") if log.is_file() else 0
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + (STOP_GRACE_S if grace_s is None else grace_s)
+    saved = False
+    while time.monotonic() < deadline:
+        saved = log.is_file() and log.read_text().count("stopped by") > before
+        if saved or not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
+            break
+        time.sleep(0.2)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    return saved
 
 
 @contextlib.contextmanager

@@ -9,15 +9,32 @@ child gets the kernel's environment variables, its stderr is the run's
 the ``result`` path. The error names the failing cell: its index in the
 executed notebook, execution count, exception name and message, and the first
 line of its source.
+
+Stopping: on SIGTERM or SIGHUP (the runner stopping its runs, or a cluster
+stopping the runner's job) this process passes SIGTERM on to the notebook's
+kernel, whose training loop saves a mid-epoch checkpoint and stops
+(:class:`hpelib.engine.TrainingStopped`); the result then says
+``"interrupted"``. A thread watches the parent: when the runner is gone (it
+was killed, its node's shell closed) the process stops the same way, within
+about a second, so no run goes on writing unobserved. While it runs, the
+process holds an ``flock`` on the run folder's :data:`RUN_LOCK` (its PID
+inside): the runner refuses to start a run whose folder a living process holds.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+#: the lock file a running notebook process holds in its run folder
+RUN_LOCK = ".run.lock"
+#: seconds between two looks at the parent process
+PARENT_POLL_S = 0.5
+_STOPPED: dict = {}  # the signal that stopped this process, once one did
 
 def execute(notebook: str, output: str, parameters: dict, cwd: str, timeout_s: float | None = None) -> dict:
     import papermill as pm
@@ -52,10 +69,86 @@ def _error_cell_index(output: str, fallback: int) -> int:
     return fallback
 
 
+def hold_run_folder(folder: str):
+    """Take the run folder's lock (an open file: held until this process ends); None if another process has it."""
+    import fcntl
+
+    f = open(Path(folder) / RUN_LOCK, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def held_by(folder) -> int | None:
+    """The PID of the living process that holds ``folder``'s run lock, or None."""
+    import fcntl
+
+    path = Path(folder) / RUN_LOCK
+    if not path.is_file():
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            text = f.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
+class StopRequested(Exception):
+    """Stopped before the notebook's kernel was there to pass the signal on to."""
+
+
+def _stop_kernel(signum, frame) -> None:
+    """Pass the stop on to the kernel (and anything else this process started) as SIGTERM."""
+    _STOPPED.setdefault("signal", signal.Signals(signum).name)
+    import psutil  # jupyter's own dependency
+
+    told = 0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.send_signal(signal.SIGTERM)
+            told += 1
+        except psutil.Error:
+            pass
+    if not told:
+        raise StopRequested(f"stopped by {_STOPPED['signal']} before the notebook's kernel started")
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop like on SIGTERM once the process that started this one is gone."""
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent:
+            _STOPPED.setdefault("signal", "parent gone")
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
 def main(request_path: str) -> int:
     request = json.loads(Path(request_path).read_text())
-    result = execute(request["notebook"], request["output"], request["parameters"], request["cwd"],
-                     request.get("timeout_s"))
+    lock = hold_run_folder(request["cwd"])
+    if lock is None:
+        result = {"ok": False, "seconds": 0.0, "error": {
+            "cell_index": None, "exec_count": None, "ename": "RunFolderHeld", "cell": None,
+            "evalue": f"{request['cwd']} is held by process {held_by(request['cwd'])}, still running"}}
+    else:
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, _stop_kernel)
+        threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+        result = execute(request["notebook"], request["output"], request["parameters"], request["cwd"],
+                         request.get("timeout_s"))
+        if _STOPPED:
+            result["interrupted"] = _STOPPED["signal"]
     tmp = request["result"] + ".tmp"
     Path(tmp).write_text(json.dumps(result))
     os.replace(tmp, request["result"])

@@ -9,8 +9,10 @@ from pathlib import Path
 import yaml
 
 from ..io import read_json, write_json, write_text
+from ..signals import exit_status, signal_name, stop_on_signals
 from ..runs import CHECKPOINT, FAILED, HISTORY, LOG, METRICS, UNLEARNED_RATIO, RunFolder, unlearned_keys
-from .execute import error_record, is_complete, prepare_folder, write_meta
+from .execute import (STOP_GRACE_S, RunFolderHeld, error_record, failed_outside_notebook, finished_unobserved,
+                      is_complete, prepare_folder, write_meta)
 from .executors import LocalExecutor, SlurmOptions, SubmititExecutor
 from .lock import StudyLock
 from .plan import expand, select
@@ -26,6 +28,9 @@ def _where(err: dict) -> str:
         return "notebook"
     ec = f" In [{err['exec_count']}]" if err.get("exec_count") else ""
     return f"cell {err['cell_index']}{ec}"
+
+
+INTERRUPTED = "interrupted (resumes from its checkpoint)"
 
 
 def _failure_line(rid: str, err: dict, limit: int) -> str:
@@ -70,12 +75,15 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
         else:
             slots, executor = jobs or len(runs), SubmititExecutor(out, slurm, study.get("timeout_s"))
         try:
-            status = _execute(study, out, runs, executor, slots, force)
-        except KeyboardInterrupt:
+            with stop_on_signals():
+                status = _execute(study, out, runs, executor, slots, force, echo)
+        except KeyboardInterrupt as e:
             summary = read_json(out / "study_summary.json")["runs"]
             complete = sum(s["status"] in DONE for s in summary.values())
-            echo(f"interrupted: {complete} of {len(runs)} runs complete (kept); {executor.interrupt_note()}")
-            return 130
+            stopped = sum(s["status"] == INTERRUPTED for s in summary.values())
+            echo(f"interrupted by {signal_name(e)}: {complete} of {len(runs)} runs complete (kept), "
+                 f"{stopped} stopped; {executor.interrupt_note()}")
+            return exit_status(e)
         rc = _summarise(study, out, status, echo)
         if report and study.get("report", True) and any(status[r.run_id]["status"] in DONE
                                                          for r in runs if r.kind == "train"):
@@ -127,7 +135,20 @@ def _why_not_reported(runs, out: Path, stale: bool) -> str:
     return "not run yet, or interrupted: run the study again to finish it"
 
 
-def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool) -> dict:
+class _Refused:
+    """A run that could not start (its folder is held by a living process): it fails at once with the reason."""
+
+    def __init__(self, error: Exception):
+        self.result = failed_outside_notebook(type(error).__name__, str(error))
+
+    def poll(self) -> dict:
+        return self.result
+
+    def stop(self) -> None:
+        pass
+
+
+def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool, echo=print) -> dict:
     """Run what is not complete, ``jobs`` at a time; pool k-fold settings; returns each run's status.
 
     Writes the summary files. A run whose job an earlier runner submitted is
@@ -136,6 +157,10 @@ def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool) -> 
     from tqdm.auto import tqdm
 
     done = {r.run_id for r in runs if not force and is_complete(r, out)}
+    for r in runs:
+        if r.run_id in done and finished_unobserved(r, out):
+            write_meta(r, out, complete=True)
+            echo(f"COLLECTED {r.run_id}: finished while no runner watched it; its result is kept")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "study.yaml", yaml.safe_dump({k: v for k, v in study.items() if not k.startswith("_")},
                                                   sort_keys=False))
@@ -147,7 +172,10 @@ def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool) -> 
         attached = executor.attach(run, force, bar.write)
         if attached is not None:
             return attached
-        folder = prepare_folder(run, out, force)
+        try:
+            folder = prepare_folder(run, out, force)
+        except RunFolderHeld as e:
+            return _Refused(e)
         resumed = progress.finished_epochs(run)
         if resumed:
             bar.write(f"RESUME {run.run_id}: from epoch {resumed}/{run.spec.train.epochs} (its checkpoint.pt)")
@@ -180,6 +208,8 @@ def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool) -> 
     finally:
         bar.close()
         status = scheduler.status
+        for rid, (_, execution, _) in scheduler.running.items():
+            status[rid] = {"status": INTERRUPTED if hasattr(execution, "wait_stopped") else "left running (SLURM job)"}
         for r in runs:
             status.setdefault(r.run_id, {"status": "not run (interrupted)"})
         write_json(out / "study_summary.json", {"study": study["_file"], "out": str(out), "runs": status})
@@ -310,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="GPUs of each job (1)")
     slurm.add_argument("--slurm-time-min", type=_positive_int, default=240, metavar="M",
                        help="time limit of each job in minutes (240)")
+    slurm.add_argument("--slurm-warn-s", type=_positive_int, default=None, metavar="S",
+                       help="seconds before the time limit at which a job saves its state and is requeued "
+                            "(default: 90, at most a fifth of the limit)")
     slurm.add_argument("--slurm-cpus-per-run", type=_positive_int, default=8, metavar="N", help="CPUs of each job (8)")
     slurm.add_argument("--slurm-mem-gb", type=_positive_int, default=32, metavar="G", help="memory of each job (32)")
     slurm.add_argument("--slurm-account", metavar="A", help="account to charge")

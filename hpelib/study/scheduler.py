@@ -82,7 +82,22 @@ class Scheduler:
                 if not ended:
                     time.sleep(poll_s)
         except BaseException:
-            for _, execution, _ in self.running.values():
-                execution.stop()
+            self.stop_running()
             raise
         return self.status
+
+    def stop_running(self, grace_s: float | None = None) -> None:
+        """Ask every running run to stop at once, then give them ``grace_s`` seconds together to end.
+
+        Runs whose execution has no ``wait_stopped`` (SLURM jobs, which outlive
+        the runner) are only told.
+        """
+        from .execute import STOP_GRACE_S
+
+        executions = [ex for _, ex, _ in self.running.values()]
+        for ex in executions:
+            ex.stop()
+        deadline = time.monotonic() + (STOP_GRACE_S if grace_s is None else grace_s)
+        for ex in executions:
+            if hasattr(ex, "wait_stopped"):
+                ex.wait_stopped(deadline)

@@ -1,0 +1,57 @@
+"""Stopping long work the way clusters stop it: SIGTERM and SIGHUP act like Ctrl-C.
+
+SLURM (time limit, preemption, ``scancel``), ``timeout``, ``docker stop`` and
+systemd stop a process with SIGTERM, then SIGKILL after a grace period; a
+closed terminal sends SIGHUP. Inside :func:`stop_on_signals` the first of them
+raises :class:`Interrupted` (a ``KeyboardInterrupt``, so every Ctrl-C path
+handles it) and later ones are ignored while the program cleans up; the
+command then exits with ``128 + signal number`` (130, 143, 129), as a shell does.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+__all__ = ["Interrupted", "STOP_SIGNALS", "stop_on_signals", "exit_status", "signal_name"]
+
+#: what stops a command like Ctrl-C
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was told to stop by ``signum`` (SIGINT, SIGTERM or SIGHUP)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_status(error: BaseException) -> int:
+    """``128 + signal``: 130 for Ctrl-C (a plain ``KeyboardInterrupt`` too), 143 for SIGTERM, 129 for SIGHUP."""
+    return 128 + getattr(error, "signum", signal.SIGINT)
+
+
+def signal_name(error: BaseException) -> str:
+    return signal.Signals(getattr(error, "signum", signal.SIGINT)).name
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=STOP_SIGNALS):
+    """The first of ``signals`` raises :class:`Interrupted`; the ones after it are ignored (in the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    first: list[int] = []
+
+    def handler(signum, frame):
+        if not first:
+            first.append(signum)
+            raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
