@@ -24,8 +24,8 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 from ..io import read_json, write_json
@@ -34,8 +34,8 @@ from . import notebook_process
 from .plan import Run
 from .schema import REPO_ROOT
 
-__all__ = ["is_complete", "finished_unobserved", "prepare_folder", "write_meta", "Execution", "kernel_env", "gpu_ids", "notebook_request",
-           "checked_result", "error_record", "RunFolderHeld", "STOP_GRACE_S"]
+__all__ = ["is_complete", "finished_unobserved", "prepare_folder", "write_meta", "Execution", "kernel_env", "gpu_ids",
+           "notebook_request", "checked_result", "error_record", "RunFolderHeld", "STOP_GRACE_S"]
 
 #: seconds a stopped run gets to save its state before it is killed (below SLURM's default KillWait of 30 s)
 STOP_GRACE_S = 20.0

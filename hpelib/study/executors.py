@@ -254,10 +254,7 @@ def stop_kernel_and_wait(folder: Path, grace_s: float | None = None) -> bool:
 
     log = Path(folder) / LOG
     before = log.read_text().count("stopped by") if log.is_file() else 0
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        with contextlib.suppress(psutil.Error):
-            child.send_signal(signal.SIGTERM)
+    children = notebook_process.tell_children(signal.SIGTERM)
     deadline = time.monotonic() + (STOP_GRACE_S if grace_s is None else grace_s)
     saved = False
     while time.monotonic() < deadline:

@@ -108,19 +108,24 @@ class StopRequested(Exception):
     """Stopped before the notebook's kernel was there to pass the signal on to."""
 
 
+def tell_children(signum: int = signal.SIGTERM) -> list:
+    """Send ``signum`` to every process this one started (the notebook's kernel); returns those it reached."""
+    import psutil
+
+    told = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.send_signal(signum)
+            told.append(child)
+        except psutil.Error:
+            pass
+    return told
+
+
 def _stop_kernel(signum, frame) -> None:
     """Pass the stop on to the kernel (and anything else this process started) as SIGTERM."""
     _STOPPED.setdefault("signal", signal.Signals(signum).name)
-    import psutil  # jupyter's own dependency
-
-    told = 0
-    for child in psutil.Process().children(recursive=True):
-        try:
-            child.send_signal(signal.SIGTERM)
-            told += 1
-        except psutil.Error:
-            pass
-    if not told:
+    if not tell_children(signal.SIGTERM):
         raise StopRequested(f"stopped by {_STOPPED['signal']} before the notebook's kernel started")
 
 

@@ -11,8 +11,8 @@ import yaml
 from ..io import read_json, write_json, write_text
 from ..signals import exit_status, signal_name, stop_on_signals
 from ..runs import CHECKPOINT, FAILED, HISTORY, LOG, METRICS, UNLEARNED_RATIO, RunFolder, unlearned_keys
-from .execute import (STOP_GRACE_S, RunFolderHeld, error_record, failed_outside_notebook, finished_unobserved,
-                      is_complete, prepare_folder, write_meta)
+from .execute import (RunFolderHeld, error_record, failed_outside_notebook, finished_unobserved, is_complete,
+                      prepare_folder, write_meta)
 from .executors import LocalExecutor, SlurmOptions, SubmititExecutor
 from .lock import StudyLock
 from .plan import expand, select
