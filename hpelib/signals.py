@@ -13,7 +13,7 @@ import contextlib
 import signal
 import threading
 
-__all__ = ["Interrupted", "STOP_SIGNALS", "stop_on_signals", "exit_status", "signal_name"]
+__all__ = ["Interrupted", "STOP_SIGNALS", "stop_on_signals", "handling", "exit_status", "signal_name"]
 
 #: what stops a command like Ctrl-C
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
@@ -37,11 +37,25 @@ def signal_name(error: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def stop_on_signals(signals=STOP_SIGNALS):
-    """The first of ``signals`` raises :class:`Interrupted`; the ones after it are ignored (in the main thread only)."""
+def handling(signals, handler):
+    """``handler`` for ``signals`` inside the block, the previous handlers again after it.
+
+    Only the main thread may set handlers: elsewhere nothing changes.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=STOP_SIGNALS):
+    """The first of ``signals`` raises :class:`Interrupted`; the ones after it are ignored (in the main thread only)."""
     first: list[int] = []
 
     def handler(signum, frame):
@@ -49,9 +63,5 @@ def stop_on_signals(signals=STOP_SIGNALS):
             first.append(signum)
             raise Interrupted(signum)
 
-    previous = {s: signal.signal(s, handler) for s in signals}
-    try:
+    with handling(signals, handler):
         yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)

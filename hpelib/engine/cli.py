@@ -160,7 +160,7 @@ def _main(argv=None) -> int:
     except TrainingStopped as e:  # SIGTERM/SIGHUP while training: a mid-epoch checkpoint is saved
         if rank0:
             print(f"interrupted: {e}", file=sys.stderr)
-        return 128 + e.signum
+        return exit_status(e)
     except KeyboardInterrupt as e:
         if rank0:
             print(_interrupted(folder, started if args.restart else None, signal_name(e)), file=sys.stderr)

@@ -50,7 +50,6 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +63,7 @@ from tqdm.auto import tqdm
 from ..io import write_json
 from ..models.files import UnreadableCheckpoint
 from ..runs import CHECKPOINT, HISTORY, LOG, MODEL
+from ..signals import handling
 from . import checkpoint as C
 from . import distributed as D
 from .config import TrainConfig, build_optimizer, build_scheduler
@@ -223,29 +223,22 @@ def _execute(job: _Job, info: D.DistInfo, device: torch.device) -> dict:
                 return {"kind": job.kind, "epochs": epoch + 1, "finished": False, "out_dir": str(job.out_dir),
                         "train_time_s": sum(h["time_s"] for h in fit.history)}
             if fit.stop_signal is not None and epoch + 1 < job.cfg.epochs:  # came during the epoch's last step
-                name = signal.Signals(fit.stop_signal).name
-                _append_log(job, f"stopped by {name} after epoch {epoch + 1}/{job.cfg.epochs} ({CHECKPOINT})")
-                raise TrainingStopped(f"{job.kind}: stopped by {name} after epoch {epoch + 1}/{job.cfg.epochs}; "
-                                      f"run again to resume from {job.checkpoint}", fit.stop_signal)
+                _stopped(fit, f"after epoch {epoch + 1}/{job.cfg.epochs}")  # its checkpoint is saved
         return _finish(fit)
 
 
 @contextlib.contextmanager
 def _stop_on_signals(fit: _Fit):
-    """While training alone in the main thread, :data:`STOP_SIGNALS` ask the loop to save and stop."""
-    if fit.info.world_size > 1 or threading.current_thread() is not threading.main_thread():
+    """While training alone (in the main thread), :data:`STOP_SIGNALS` ask the loop to save and stop."""
+    if fit.info.world_size > 1:
         yield
         return
 
     def ask_to_stop(signum, frame):
         fit.stop_signal = signum
 
-    previous = {s: signal.signal(s, ask_to_stop) for s in STOP_SIGNALS}
-    try:
+    with handling(STOP_SIGNALS, ask_to_stop):
         yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _read_resumable(job: _Job) -> dict:
@@ -364,12 +357,15 @@ def _save_and_stop(fit: _Fit, epoch: int, steps_done: int, gen: torch.Generator,
     state = _state(fit, epoch)
     state.update(step=steps_done, partial=partial, view_rng=gen.get_state())
     C.save(state, job.checkpoint)
-    name = signal.Signals(fit.stop_signal).name
-    _append_log(job, f"stopped by {name} at epoch {epoch + 1}/{job.cfg.epochs}, step {steps_done}/{fit.n_steps}: "
-                     f"state saved in {CHECKPOINT}")
-    raise TrainingStopped(f"{job.kind}: stopped by {name} at epoch {epoch + 1}/{job.cfg.epochs}, step "
-                          f"{steps_done}/{fit.n_steps}; the state is saved in {job.checkpoint}: run again to resume "
-                          "from there", fit.stop_signal)
+    _stopped(fit, f"at epoch {epoch + 1}/{job.cfg.epochs}, step {steps_done}/{fit.n_steps}")
+
+
+def _stopped(fit: _Fit, where: str) -> None:
+    """Say in ``train.log`` where the run stopped (its state is saved) and raise :class:`TrainingStopped`."""
+    job, name = fit.job, signal.Signals(fit.stop_signal).name
+    _append_log(job, f"stopped by {name} {where}: state saved in {CHECKPOINT}")
+    raise TrainingStopped(f"{job.kind}: stopped by {name} {where}; the state is saved in {job.checkpoint}: "
+                          "run again to resume from there", fit.stop_signal)
 
 
 def _forward(fit: _Fit, images, poses, gen: torch.Generator) -> dict:
