@@ -49,8 +49,8 @@ from ..angles import flip_pose, matrix_to_euler
 from .base import ArraySource, FileSource, FixedRegions, PoseDataset
 from .errors import DataError
 
-__all__ = ["FSANET_TRAIN_SEQUENCES", "FSANET_TEST_SEQUENCES", "read_biwi_pose", "read_biwi_calibration", "biwi_face_box", "biwi_sequence_split", "load_biwi",
-           "load_biwi_raw", "load_biwi_npz"]
+__all__ = ["FSANET_TRAIN_SEQUENCES", "FSANET_TEST_SEQUENCES", "read_biwi_pose", "read_biwi_calibration",
+           "biwi_face_box", "biwi_sequence_split", "load_biwi", "load_biwi_raw", "load_biwi_npz"]
 
 _FRAME = re.compile(r"^frame_(\d+)_rgb\.png$")
 NPZ_FILES = {"train": "BIWI_train.npz", "test": "BIWI_test.npz", "all": "BIWI_noTrack.npz"}

@@ -155,7 +155,6 @@ class HMTLModel(nn.Module):
             return [self.backbone(v) for v in views]
 
 
-
 def backbone_gradient_norms(model: HMTLModel, images: torch.Tensor, poses: torch.Tensor | None = None,
                             generator: torch.Generator | None = None) -> dict:
     """How hard each loss pulls on the shared backbone: ``{component: L2 norm of d loss / d backbone}``.

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from ..data.crops import AFLW2000_FACTORS, crop_resize, enlarge_box
-from ..data.transforms import EVAL_CROP_FRACTION, FORMER_EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD, centred_square, to_tensor
+from ..data.transforms import (EVAL_CROP_FRACTION, FORMER_EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD,
+                               centred_square, to_tensor)
 
 __all__ = ["InputSpec", "ANGLE_CONVENTION", "input_spec_of", "read_input_spec"]
 
