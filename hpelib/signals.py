@@ -6,6 +6,11 @@ closed terminal sends SIGHUP. Inside :func:`stop_on_signals` the first of them
 raises :class:`Interrupted` (a ``KeyboardInterrupt``, so every Ctrl-C path
 handles it) and later ones are ignored while the program cleans up; the
 command then exits with ``128 + signal number`` (130, 143, 129), as a shell does.
+
+A training loop also stops on :data:`SLURM_WARNING` (SIGUSR2): the signal that
+submitit's jobs ask SLURM to send before their time limit and on preemption
+(``#SBATCH --signal=USR2@<lead>``). SLURM sends it to every process of the job
+step, the notebook's kernel included, whose default action would be to die.
 """
 from __future__ import annotations
 
@@ -13,10 +18,12 @@ import contextlib
 import signal
 import threading
 
-__all__ = ["Interrupted", "STOP_SIGNALS", "stop_on_signals", "handling", "exit_status", "signal_name"]
+__all__ = ["Interrupted", "STOP_SIGNALS", "SLURM_WARNING", "stop_on_signals", "handling", "exit_status", "signal_name"]
 
 #: what stops a command like Ctrl-C
 STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+#: the warning before a SLURM job's time limit (submitit's choice), None where the platform has no SIGUSR2
+SLURM_WARNING = getattr(signal, "SIGUSR2", None)
 
 
 class Interrupted(KeyboardInterrupt):

@@ -6,7 +6,6 @@ synthetic heads, and send it real signals.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

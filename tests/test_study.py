@@ -472,6 +472,9 @@ def test_a_second_runner_on_the_same_results_folder_is_refused(tiny):
     assert st.run_study(tiny["yaml"], tiny["out"], echo=lines.append) == 0
     assert any(f"taking over {tiny['out'].resolve()} from a runner that is no longer running (pid {holder.pid}" in l
                for l in lines)
+    lines.clear()  # a runner that ended by itself is not taken over from
+    assert st.run_study(tiny["yaml"], tiny["out"], echo=lines.append) == 0
+    assert not any("taking over" in line for line in lines), lines
 
 
 def test_jobs_must_be_a_positive_integer(tiny, capsys):

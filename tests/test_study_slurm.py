@@ -180,13 +180,15 @@ def test_a_restarted_runner_attaches_to_its_running_job(study):
     assert st.is_complete(st.expand(st.load_study(study["yaml"]), study["out"])[0], study["out"])
 
 
-FAKE_SLURM = {  # commands on PATH: sbatch submits job 4242, squeue answers from $FAKE_SQUEUE, scancel is logged
-    "srun": "exit 0",
+FAKE_SLURM = {  # commands on PATH: sbatch submits job 4242, squeue lists it as $FAKE_BIN/squeue.state says
+    "srun": "exit 0",  # ("gone": not listed), scontrol shows $FAKE_BIN/scontrol.state, scancel and sacct are logged
     "sbatch": 'cat "${@: -1}" > "$FAKE_BIN/sbatch.sh"; echo "Submitted batch job 4242"',
-    "squeue": 'state=$(cat "$FAKE_SQUEUE"); [ "$state" = gone ] && { echo "slurm_load_jobs error: Invalid job id '
-              'specified" >&2; exit 1; }; echo "$state"',
+    "squeue": 'echo "$@" >> "$FAKE_BIN/squeue.log"; state=$(cat "$FAKE_BIN/squeue.state"); '
+              '[ "$state" = gone ] || echo "4242|$state|$(cat "$FAKE_BIN/restarts" 2>/dev/null || echo 0)|"',
+    "scontrol": '[ -f "$FAKE_BIN/scontrol.state" ] || { echo "Invalid job id specified" >&2; exit 1; }; '
+                'echo "JobId=4242 JobName=x JobState=$(cat "$FAKE_BIN/scontrol.state") Reason=None"',
     "scancel": 'echo "$@" >> "$FAKE_BIN/scancel.log"',
-    "sacct": 'echo "JobID|State|NodeList"',
+    "sacct": 'echo "$@" >> "$FAKE_BIN/sacct.log"; echo "Slurm accounting storage is disabled" >&2; exit 1',
 }
 
 
@@ -202,7 +204,6 @@ def test_the_slurm_path_on_fake_slurm_commands(study, tmp_path, monkeypatch):
     squeue = bin_dir / "squeue.state"
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_BIN", str(bin_dir))
-    monkeypatch.setenv("FAKE_SQUEUE", str(squeue))
     options = SlurmOptions(partition="gpu", gpus_per_run=2, time_min=90, cpus_per_run=4, mem_gb=16, account="acc",
                            qos="high", setup=["module load cuda"])
     out = study["out"]
@@ -216,13 +217,15 @@ def test_the_slurm_path_on_fake_slurm_commands(study, tmp_path, monkeypatch):
     assert "module load cuda" in sbatch
     record = json.loads((folder / SLURM_JOB).read_text())
     assert record["job_id"] == "4242" and record["fingerprint"] == run.fingerprint
-    assert handle.poll() is None  # nothing known about the job yet: it is queued
+    squeue.write_text("PENDING")
+    assert handle.poll() is None  # queued
     handle.stop()
     assert not (bin_dir / "scancel.log").exists()  # Ctrl-C leaves the job running
 
     lines = []
     squeue.write_text("RUNNING")
     assert SubmititExecutor(out, options).attach(run, False, lines.append) is not None
+    assert not (bin_dir / "sacct.log").exists()  # whether a job runs is squeue's answer, never sacct's
     squeue.write_text("gone")
     assert SubmititExecutor(out, options).attach(run, False, lines.append) is None
     assert lines == [f"ATTACH {run.run_id}: job 4242 submitted {record['submitted']} (still queued or running)",
@@ -236,6 +239,52 @@ def test_the_slurm_path_on_fake_slurm_commands(study, tmp_path, monkeypatch):
     squeue.write_text("PENDING")
     assert SubmititExecutor(out, options).attach(run, True, lines.append) is None
     assert (bin_dir / "scancel.log").read_text().split() == ["4242"]
+
+
+def test_requeues_and_lost_jobs_are_named_from_slurm(study, tmp_path, monkeypatch):
+    """A requeue is shown once and counted; a job gone without a result is named by its state (scontrol), at
+    once; without accounting (sacct fails) one line says so, and a job SLURM has forgotten is 'lost'."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in FAKE_SLURM.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_BIN", str(bin_dir))
+    out = study["out"]
+    run = st.expand(st.load_study(study["yaml"]), out)[0]
+    folder = prepare_folder(run, out)
+    executor = SubmititExecutor(out, SlurmOptions(gpus_per_run=0))
+    executor.poll_s = executor.queue.every_s = 0.0  # ask squeue at every poll
+    lines = []
+    executor.echo = lines.append
+    handle = executor.start(run, folder)
+    (bin_dir / "squeue.state").write_text("RUNNING")
+    assert handle.poll() is None and lines == []
+    (folder / "train.log").write_text("epoch 1/9: loss 1\nstopped by SIGUSR2 at epoch 2/9, step 3/4: state saved in "
+                                      "checkpoint.pt\n")
+    (bin_dir / "restarts").write_text("1")
+    (bin_dir / "squeue.state").write_text("PENDING")
+    assert handle.poll() is None and handle.poll() is None
+    assert lines == [f"REQUEUED {run.run_id}: job 4242 is queued again (1 so far) "
+                     "(stopped by SIGUSR2 at epoch 2/9, step 3/4)"]
+    (bin_dir / "squeue.state").write_text("gone")
+    (bin_dir / "scontrol.state").write_text("CANCELLED")
+    outcome = handle.poll()  # at once: no grace period for a job SLURM says was cancelled
+    assert outcome["ok"] is False and outcome["requeues"] == 1
+    assert outcome["error"]["ename"] == "JobCancelled"
+    assert outcome["error"]["evalue"].startswith("job 4242 was cancelled (scancel, or by an administrator) (stopped by "
+                                                 "SIGUSR2 at epoch 2/9, step 3/4); run the same command again")
+    for state, name in (("TIMEOUT", "JobTimedOut"), ("OUT_OF_MEMORY", "JobOutOfMemory"),
+                        ("NODE_FAIL", "JobNodeFailed")):
+        (bin_dir / "scontrol.state").write_text(state)
+        assert handle.poll()["error"]["ename"] == name
+    (bin_dir / "scontrol.state").unlink()  # slurmctld forgot the job, and there is no accounting
+    executor.grace_s = 0.0
+    assert handle.poll()["error"]["ename"] == "JobLost" and handle.poll()["error"]["ename"] == "JobLost"
+    assert [line for line in lines if line.startswith("note:")] == [
+        "note: this cluster keeps no job accounting (sacct failed): why a job ended is read from scontrol while "
+        "SLURM remembers the job (MinJobAge), and lost jobs are found with squeue"]
 
 
 def test_slurm_options_need_the_slurm_executor(study, capsys):

@@ -73,8 +73,9 @@ from .evaluate import predict_dataset, summarize_predictions
 EpochCallback = Callable[[dict], None]
 #: what ``checkpoint.pt`` holds besides the model, needed to resume
 _RESUMABLE = ("epoch", "optimizer", "scheduler", "history", "rng")
-#: signals after which a single-process run saves its state at the next step boundary and stops
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+#: signals after which a single-process run saves its state at the next step boundary and stops (SIGUSR2:
+#: SLURM's warning before a time limit, which reaches every process of a job, see :data:`hpelib.signals.SLURM_WARNING`)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR2") if hasattr(signal, name))
 
 
 class TrainingStopped(Exception):

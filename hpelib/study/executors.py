@@ -22,7 +22,9 @@ returns such an object for a run whose job an earlier runner submitted, and
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import read_json, write_json
-from ..runs import KERNEL_LOG, SLURM_JOB
+from ..runs import KERNEL_LOG, LOG, SLURM_JOB
+from ..signals import handling
 from . import notebook_process
 from .execute import Execution, checked_result, failed_outside_notebook, gpu_ids, kernel_env, notebook_request
 from .plan import Run
@@ -42,12 +45,25 @@ __all__ = ["LocalExecutor", "SubmititExecutor", "SlurmOptions", "run_notebook", 
 #: SLURM job states (``squeue -o %T``) of a job that has ended
 _ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "REVOKED",
           "SPECIAL_EXIT", "TIMEOUT"}
+#: a job that ended without a result, by its SLURM state: the error name, what happened, what to do
+_LOST = {
+    "CANCELLED": ("JobCancelled", "was cancelled (scancel, or by an administrator)",
+                  "run the same command again to submit it anew; it resumes from its checkpoint"),
+    "TIMEOUT": ("JobTimedOut", "reached its time limit and was not requeued",
+                "raise --slurm-time-min or --slurm-max-requeues, or run the same command again: it resumes"),
+    "OUT_OF_MEMORY": ("JobOutOfMemory", "ran out of memory", "raise --slurm-mem-gb"),
+    "NODE_FAIL": ("JobNodeFailed", "lost its node (node failure)", "run the same command again: it resumes"),
+    "PREEMPTED": ("JobPreempted", "was preempted and not requeued", "run the same command again: it resumes"),
+    "BOOT_FAIL": ("JobNodeFailed", "could not boot its node", "run the same command again"),
+    "DEADLINE": ("JobTimedOut", "reached its deadline", "run the same command again: it resumes"),
+}
 
 
 class LocalExecutor:
     """Each run's notebook in a child process of the runner, ``jobs`` at a time, one GPU each when there are GPUs."""
 
     poll_s = 0.2
+    echo = staticmethod(print)
 
     def __init__(self, jobs: int, gpus: str | None = None, timeout_s: float | None = None):
         self.jobs, self.timeout_s = jobs, timeout_s
@@ -75,6 +91,7 @@ class SlurmOptions:
     gpus_per_run: int = 1
     time_min: int = 240
     warn_s: float | None = None  # the warning signal's lead time before the limit (None: see warning_lead_s)
+    max_requeues: int = 20  # requeues at the time limit per job (each resumes the run; submitit's default is 3)
     cpus_per_run: int = 8
     mem_gb: float = 32
     account: str | None = None
@@ -94,7 +111,16 @@ class SlurmOptions:
 
 
 class SubmititExecutor:
-    """Each run as a SLURM job submitted through submitit; the jobs outlive the runner (see the module's doc)."""
+    """Each run as a SLURM job submitted through submitit; the jobs outlive the runner (see the module's doc).
+
+    Whether a job is still queued or running comes from one ``squeue`` call for
+    all of them every :attr:`poll_s` seconds (:class:`SlurmQueue`), never from
+    submitit's accounting calls, so a cluster without accounting stays quiet and
+    a cancelled job is seen within seconds; why a job ended without a result,
+    from ``scontrol`` or ``sacct`` (:func:`slurm_job_state`).
+    """
+
+    echo = staticmethod(print)  # the runner's line writer (above its progress bar)
 
     def __init__(self, out: Path, options: SlurmOptions, timeout_s: float | None = None):
         try:
@@ -107,9 +133,12 @@ class SubmititExecutor:
         self.grace_s = 0.0 if options.cluster == "local" else 30.0  # a slow shared file system: the result may lag
         self.detached: list[str] = []  # ids of jobs left running by stop()
         self.folder = self.out / ".submitit" / "%j"
+        self.queue = None if options.cluster == "local" else SlurmQueue(self.poll_s)
+        self._no_accounting_said = False
         self._job_class = submitit.LocalJob if options.cluster == "local" else submitit.SlurmJob
         try:
-            self._executor = submitit.AutoExecutor(folder=self.folder, cluster=options.cluster)
+            self._executor = submitit.AutoExecutor(folder=self.folder, cluster=options.cluster,
+                                                   slurm_max_num_timeout=options.max_requeues)
         except RuntimeError as e:  # no srun here
             raise StudyError(f"--executor slurm: {e}") from None
         lead = options.warning_lead_s()
@@ -136,7 +165,7 @@ class SubmititExecutor:
             job = self._job_class(folder=record["folder"], job_id=str(record["job_id"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None  # no record (or an unreadable one): submit anew
-        alive = _running(job, fresh=True)
+        alive = self.running(job, fresh=True)
         if force or record.get("fingerprint") != run.fingerprint:
             if alive:
                 job.cancel(check=False)
@@ -145,10 +174,31 @@ class SubmititExecutor:
         if alive or _succeeded(job):
             what = "still queued or running" if alive else "it finished while no runner watched"
             echo(f"ATTACH {run.run_id}: job {job.job_id} submitted {record.get('submitted')} ({what})")
-            return SubmittedRun(job, folder, self)
+            return SubmittedRun(job, folder, self, run.run_id)
         if not job.paths.result_pickle.exists():
-            echo(f"LOST {run.run_id}: job {job.job_id} ended without a result; submitting it again")
+            state = self.ended_state(job.job_id) if self.queue is not None else None
+            what = _LOST[state][1] if state in _LOST else "ended without a result"
+            echo(f"LOST {run.run_id}: job {job.job_id} {what}; submitting it again")
         return None
+
+    def running(self, job, fresh: bool = False) -> bool:
+        """``job`` is queued or running (a requeued job too). ``fresh``: ask ``squeue`` now."""
+        if self.queue is None:
+            return _local_job_running(job)
+        return self.queue.state(job.job_id, fresh)[0] not in (None, *_ENDED)
+
+    def restarts(self, job) -> int:
+        """How many times SLURM has requeued ``job`` so far (0 where the queue does not say)."""
+        return 0 if self.queue is None else self.queue.state(job.job_id)[1]
+
+    def ended_state(self, job_id: str) -> str | None:
+        """SLURM's state of an ended job; says once, in one line, when the cluster keeps no accounting."""
+        state, accounting = slurm_job_state(job_id)
+        if not accounting and not self._no_accounting_said:
+            self._no_accounting_said = True
+            self.echo("note: this cluster keeps no job accounting (sacct failed): why a job ended is read from "
+                      "scontrol while SLURM remembers the job (MinJobAge), and lost jobs are found with squeue")
+        return state
 
     def start(self, run: Run, folder: Path, gpu: str | None = None) -> SubmittedRun:
         """Submit ``run`` (its folder prepared) and record the job in :data:`hpelib.runs.SLURM_JOB`."""
@@ -158,7 +208,7 @@ class SubmititExecutor:
             "job_id": job.job_id, "run_id": run.run_id, "fingerprint": run.fingerprint,
             "submitted": time.strftime("%Y-%m-%d %H:%M:%S"), "cluster": self.options.cluster,
             "folder": str(self.folder), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
-        return SubmittedRun(job, Path(folder), self)
+        return SubmittedRun(job, Path(folder), self, run.run_id)
 
     def interrupt_note(self) -> str:
         if not self.detached:
@@ -171,27 +221,40 @@ class SubmititExecutor:
 class SubmittedRun:
     """A run's submitted job, as the scheduler sees it: :meth:`poll` gives its outcome once it has ended."""
 
-    def __init__(self, job, folder: Path, executor: SubmititExecutor):
-        self.job, self.folder, self.executor = job, Path(folder), executor
+    def __init__(self, job, folder: Path, executor: SubmititExecutor, run_id: str):
+        self.job, self.folder, self.executor, self.run_id = job, Path(folder), executor, run_id
+        self.requeues = executor.restarts(job)  # those before this runner saw the job are not shown again
         self._ended_at: float | None = None  # when the job was first seen ended without a result file
 
     def poll(self) -> dict | None:
-        """``None`` while queued or running, then ``{"ok", "seconds", "error"}`` (the job function's return value)."""
-        if _running(self.job):
+        """``None`` while queued or running, then ``{"ok", "seconds", "error"}`` (the job function's return value).
+
+        A requeue (time limit, preemption) is shown in a line and counted (``"requeues"`` in the outcome).
+        """
+        executor = self.executor
+        restarts = executor.restarts(self.job)
+        if restarts > self.requeues:
+            self.requeues = restarts
+            executor.echo(f"REQUEUED {self.run_id}: job {self.job.job_id} is queued again ({restarts} so far)"
+                          f"{_last_stop(self.folder)}")
+        if executor.running(self.job):
             return None
         if not self.job.paths.result_pickle.exists():
+            state = executor.ended_state(self.job.job_id) if executor.queue is not None else None
             self._ended_at = self._ended_at or time.monotonic()
-            if time.monotonic() - self._ended_at < self.executor.grace_s:
-                return None
-            return failed_outside_notebook(
-                "JobLost", f"job {self.job.job_id} ended without a result (killed, out of memory, over its time "
-                           f"limit? state {self.job.state}); see {self.job.paths.stderr} and {self.folder / KERNEL_LOG}")
+            if state not in _LOST and time.monotonic() - self._ended_at < executor.grace_s:
+                return None  # a slow shared file system: the result may lag
+            return self._counted(_lost_outcome(self.job, state, self.folder))
         try:
             result = self.job.result()
         except Exception as e:  # the job function itself failed on the node (an import error, a full disk ...)
-            return failed_outside_notebook("JobFailed", f"job {self.job.job_id} failed outside the notebook: "
-                                                        f"{_exception_line(e)}; see {self.job.paths.stderr}")
-        return checked_result(result, self.folder)
+            return self._counted(failed_outside_notebook(
+                "JobFailed", f"job {self.job.job_id} failed outside the notebook: {_exception_line(e)}; "
+                             f"see {self.job.paths.stderr}"))
+        return self._counted(checked_result(result, self.folder))
+
+    def _counted(self, outcome: dict) -> dict:
+        return dict(outcome, requeues=self.requeues) if self.requeues else outcome
 
     def stop(self) -> None:
         """Leave the job running (the next runner attaches to it); it is listed by ``interrupt_note``."""
@@ -212,60 +275,95 @@ def run_notebook(request: dict) -> dict:
     repository on ``PYTHONPATH`` (:func:`~.execute.kernel_env`) and SLURM's GPUs
     (``CUDA_VISIBLE_DEVICES``), its output goes to the run's ``kernel.log``.
     Returns ``{"ok", "seconds", "error"}``.
+
+    SIGTERM (``scancel``, ``scontrol requeue``, preemption: SLURM then ends the
+    job) is passed on to the kernel, which saves its state, and the job exits
+    with 143 without a result: the runner reads from SLURM what became of the
+    job (requeued, or cancelled) rather than a failure of the notebook.
     """
     os.environ.update(kernel_env(1, None))  # this process is the job's own: the kernel inherits its environment
-    with _output_to(Path(request["cwd"]) / KERNEL_LOG):
-        return notebook_process.execute(**request)
+    if "OMP_NUM_THREADS" not in os.environ and os.environ.get("SLURM_CPUS_PER_TASK"):
+        os.environ["OMP_NUM_THREADS"] = os.environ["SLURM_CPUS_PER_TASK"]  # torch's threads: the job's CPUs
+    stopped: list[int] = []
+
+    def pass_on(signum, frame):
+        stopped.append(signum)
+        notebook_process.tell_children(signal.SIGTERM)
+
+    with _output_to(Path(request["cwd"]) / KERNEL_LOG), handling([signal.SIGTERM], pass_on):
+        result = notebook_process.execute(**request)
+    if stopped:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + signal.SIGTERM)  # no result: SLURM requeues or ends the job
+    return result
 
 
 class RunNotebook:
     """The job function of a run: :func:`run_notebook`, requeued with its run's state when SLURM warns.
 
-    SLURM sends the warning signal (submitit's ``--signal=USR2@90``) before a
-    job's time limit and on preemption; submitit then calls :meth:`checkpoint`
-    in the job. It asks the notebook's kernel to stop (SIGTERM: the training
-    loop saves a mid-epoch checkpoint, ``hpelib.engine``), waits until the
-    run's ``train.log`` says so (at most :data:`~.execute.STOP_GRACE_S`), ends
-    the kernel, and returns the same call, which submitit requeues: the next
-    job runs the notebook again and the run resumes from that step.
+    SLURM sends the warning signal (submitit's ``--signal=USR2@<lead>``) before a
+    job's time limit and on preemption, to every process of the job: the
+    kernel's training loop takes it as a stop (it saves a mid-epoch checkpoint,
+    ``hpelib.engine``) and submitit calls :meth:`checkpoint` in the job, which
+    also asks the kernel to stop (SIGTERM), waits until the run's ``train.log``
+    says the state is saved (at most :data:`~.execute.STOP_GRACE_S`), ends the
+    kernel, and returns the same call, which submitit requeues: the next job
+    runs the notebook again and the run resumes from that step.
     """
 
     def __call__(self, request: dict) -> dict:
+        self.log_start = _size(Path(request["cwd"]) / LOG)  # what train.log held before this job
         return run_notebook(request)
 
     def checkpoint(self, request: dict):
         import submitit
 
-        stop_kernel_and_wait(Path(request["cwd"]))
+        stop_kernel_and_wait(Path(request["cwd"]), since=getattr(self, "log_start", 0))
         return submitit.helpers.DelayedSubmission(self, request)
 
 
-def stop_kernel_and_wait(folder: Path, grace_s: float | None = None) -> bool:
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def stop_kernel_and_wait(folder: Path, grace_s: float | None = None, since: int = 0) -> bool:
     """SIGTERM to this process's children (the kernel), then wait for the run to have saved its state.
 
-    True when ``folder``'s ``train.log`` gained a ``stopped by`` line (the
-    state is saved) or every child ended; the children still alive then are
-    killed. Waits :data:`~.execute.STOP_GRACE_S` seconds at most.
+    True when ``folder``'s ``train.log`` has a ``stopped by`` line after its
+    first ``since`` bytes (the state is saved; the kernel may have stopped on
+    SLURM's own signal already) or every child ended; the children still alive
+    then are killed. Waits :data:`~.execute.STOP_GRACE_S` seconds at most.
     """
     import psutil
 
-    from ..runs import LOG
     from .execute import STOP_GRACE_S
 
     log = Path(folder) / LOG
-    before = log.read_text().count("stopped by") if log.is_file() else 0
+
+    def saved() -> bool:
+        try:
+            with open(log, "rb") as f:
+                f.seek(since)
+                return b"stopped by" in f.read()
+        except OSError:
+            return False
+
     children = notebook_process.tell_children(signal.SIGTERM)
     deadline = time.monotonic() + (STOP_GRACE_S if grace_s is None else grace_s)
-    saved = False
-    while time.monotonic() < deadline:
-        saved = log.is_file() and log.read_text().count("stopped by") > before
-        if saved or not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
+    done = saved()
+    while not done and time.monotonic() < deadline:
+        if not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
             break
         time.sleep(0.2)
+        done = saved()
     for child in children:
         with contextlib.suppress(psutil.Error):
             child.kill()
-    return saved
+    return done
 
 
 @contextlib.contextmanager
@@ -287,14 +385,10 @@ def _output_to(path: Path):
             os.close(copy)
 
 
-def _running(job, fresh: bool = False) -> bool:
-    """``job`` is queued or running. ``fresh``: ask SLURM's queue now, not submitit's cached accounting state."""
-    import submitit
-
-    if isinstance(job, submitit.LocalJob) and job.get_info()["jobState"] == "NO PROCESS AND NO RESULT":
+def _local_job_running(job) -> bool:
+    """A job of submitit's local executor (the tests' mode) is still running."""
+    if job.get_info()["jobState"] == "NO PROCESS AND NO RESULT":
         return _pid_alive(int(job.job_id))  # a local job re-created after a restart: its id is its process id
-    if isinstance(job, submitit.SlurmJob) and fresh:
-        return _in_slurm_queue(job.job_id)
     return not job.done()
 
 
@@ -322,15 +416,86 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _in_slurm_queue(job_id: str) -> bool:
-    """``squeue`` lists the job in a state that has not ended; an error other than an unknown job id is raised."""
+class SlurmQueue:
+    """This user's jobs in SLURM's queue (``squeue --me``): state and requeue count by job id, one call per poll.
+
+    A failed call is raised as a :class:`StudyError` when the answer is needed
+    now (``fresh``); during a poll the previous snapshot is used again.
+    """
+
+    FORMAT = "JobID:|,State:|,RestartCnt:|"
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self._at = -float("inf")
+        self._jobs: dict[str, tuple[str, int]] = {}
+
+    def state(self, job_id: str, fresh: bool = False) -> tuple[str | None, int]:
+        """``(state, restarts)``; ``(None, 0)`` for a job the queue no longer lists (it ended)."""
+        if fresh or time.monotonic() - self._at >= self.every_s:
+            try:
+                self._jobs = self._ask()
+            except StudyError:
+                if fresh or self._at == -float("inf"):
+                    raise
+            self._at = time.monotonic()
+        return self._jobs.get(str(job_id), (None, 0))
+
+    def _ask(self) -> dict[str, tuple[str, int]]:
+        user = os.environ.get("USER") or getpass.getuser()
+        try:
+            done = subprocess.run(["squeue", "-h", "-u", user, "-O", self.FORMAT], capture_output=True, text=True,
+                                  timeout=120)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise StudyError(f"squeue failed ({e}): cannot tell which jobs still run") from None
+        if done.returncode != 0:
+            raise StudyError(f"squeue failed ({done.stderr.strip()}): cannot tell which jobs still run")
+        jobs = {}
+        for line in done.stdout.splitlines():
+            fields = [f.strip() for f in line.split("|")]
+            if len(fields) >= 3 and fields[0]:
+                jobs[fields[0]] = (fields[1], int(fields[2]) if fields[2].isdigit() else 0)
+        return jobs
+
+
+def slurm_job_state(job_id: str) -> tuple[str | None, bool]:
+    """``(state, accounting)`` of a job: its state from ``scontrol`` while slurmctld remembers the job, else from
+    ``sacct`` (``None`` if neither knows it); ``accounting`` is False when ``sacct`` was asked and failed."""
+    shown = _quiet(["scontrol", "show", "job", "-o", str(job_id)])
+    found = re.search(r"\bJobState=(\S+)", shown or "")
+    if found:
+        return found.group(1), True
+    listed = _quiet(["sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "State"])
+    if listed is None:
+        return None, False
+    states = [line.split()[0] for line in listed.splitlines() if line.strip()]  # "CANCELLED by 1000"
+    return (states[-1] if states else None), True
+
+
+def _quiet(argv: list[str]) -> str | None:
+    """``argv``'s output, or None when it fails (its message is not shown)."""
     try:
-        done = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
-                              timeout=120)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise StudyError(f"squeue failed ({e}): cannot tell whether job {job_id} still runs") from None
-    if done.returncode != 0:
-        if "invalid job id" in done.stderr.lower():
-            return False
-        raise StudyError(f"squeue failed ({done.stderr.strip()}): cannot tell whether job {job_id} still runs")
-    return any(state not in _ENDED for state in done.stdout.split())
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def _lost_outcome(job, state: str | None, folder: Path) -> dict:
+    """The outcome of a job that ended without a result, named by its SLURM state."""
+    logs = f"see {job.paths.stderr} and {folder / KERNEL_LOG}"
+    if state in _LOST:
+        name, what, fix = _LOST[state]
+        return failed_outside_notebook(name, f"job {job.job_id} {what}{_last_stop(folder)}; {fix}; {logs}")
+    return failed_outside_notebook(
+        "JobLost", f"job {job.job_id} ended without a result (killed, out of memory, over its time limit? "
+                   f"state {state or 'unknown'}); {logs}")
+
+
+def _last_stop(folder: Path) -> str:
+    """``: <the run's last 'stopped by ...' line>`` (where its state was saved), or nothing."""
+    try:
+        lines = [line for line in (Path(folder) / LOG).read_text().splitlines() if line.startswith("stopped by")]
+    except OSError:
+        return ""
+    return f" ({lines[-1].split(': state saved')[0]})" if lines else ""

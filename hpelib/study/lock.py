@@ -51,6 +51,8 @@ class StudyLock:
 
     def __exit__(self, *exc) -> None:
         if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()  # a runner that ended leaves no record: the next one takes over silently
             self._file.close()  # closing releases the flock
             self._file = None
 

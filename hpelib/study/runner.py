@@ -167,6 +167,7 @@ def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool, ech
     failures: list[dict] = []
     bar = tqdm(total=len(runs) - len(done), desc=f"study {study['name']}", unit="run", dynamic_ncols=True)
     progress = _EpochProgress(out)
+    executor.echo = bar.write
 
     def start(run, gpu):
         attached = executor.attach(run, force, bar.write)
@@ -343,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     slurm.add_argument("--slurm-warn-s", type=_positive_int, default=None, metavar="S",
                        help="seconds before the time limit at which a job saves its state and is requeued "
                             "(default: 90, at most a fifth of the limit)")
+    slurm.add_argument("--slurm-max-requeues", type=_non_negative_int, default=20, metavar="N",
+                       help="times a job may be requeued at its time limit, resuming each time (20)")
     slurm.add_argument("--slurm-cpus-per-run", type=_positive_int, default=8, metavar="N", help="CPUs of each job (8)")
     slurm.add_argument("--slurm-mem-gb", type=_positive_int, default=32, metavar="G", help="memory of each job (32)")
     slurm.add_argument("--slurm-account", metavar="A", help="account to charge")

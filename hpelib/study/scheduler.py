@@ -59,6 +59,8 @@ class Scheduler:
         seconds = round(result["seconds"], 1)
         self.status[run_id] = ({"status": "done", "seconds": seconds} if result["ok"] else
                                {"status": "failed", "seconds": seconds, "error": result["error"]})
+        if result.get("requeues"):  # a SLURM job requeued (time limit, preemption) on its way
+            self.status[run_id]["requeues"] = result["requeues"]
         self._on_finish(run, result)
 
     def run(self, poll_s: float = 0.2, on_tick: Callable[[list[Run]], None] = lambda runs: None) -> dict:
