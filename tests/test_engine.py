@@ -369,8 +369,9 @@ def test_cli_ctrl_c_says_what_is_saved_and_how_to_resume(tmp_path, synth_root, c
         f"interrupted before the first epoch finished: nothing is saved in {out};")
 
 
-def test_sigterm_mid_epoch_saves_the_step_and_the_resumed_run_is_exact(tmp_path, monkeypatch, synth_root):
-    """SIGTERM after step 3 of epoch 1 (of 2): one step lost at most, and resuming gives the same weights."""
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR2"])  # SIGUSR2: SLURM's warning before a job's time limit
+def test_sigterm_mid_epoch_saves_the_step_and_the_resumed_run_is_exact(tmp_path, monkeypatch, synth_root, name):
+    """A stop signal after step 3 of epoch 1 (of 2): one step lost at most, and resuming gives the same weights."""
     import os
     import signal
 
@@ -385,21 +386,21 @@ def test_sigterm_mid_epoch_saves_the_step_and_the_resumed_run_is_exact(tmp_path,
         real_step(fit, total)
         calls.append(1)
         if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, handled between two steps
+            os.kill(os.getpid(), getattr(signal, name))  # a real signal, handled between two steps
 
     monkeypatch.setattr(loop, "_optimizer_step", step_then_signal)
-    with pytest.raises(TrainingStopped, match=r"stopped by SIGTERM at epoch 1/2, step 3/4.*run again to resume"):
+    with pytest.raises(TrainingStopped, match=rf"stopped by {name} at epoch 1/2, step 3/4.*run again to resume"):
         train(MODEL, synthetic(synth_root), None, cfg, tmp_path / "split")
     saved = C.read_checkpoint(tmp_path / "split" / "checkpoint.pt")
     assert saved["epoch"] == 0 and saved["step"] == 3 and len(calls) == 3
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+    assert signal.getsignal(getattr(signal, name)) is signal.SIG_DFL  # the handler is gone again
     monkeypatch.setattr(loop, "_optimizer_step", real_step)
     resumed = train(MODEL, synthetic(synth_root), None, cfg, tmp_path / "split")
     a, b = weights(tmp_path / "full" / "model.pt"), weights(tmp_path / "split" / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-12)
     log = (tmp_path / "split" / "train.log").read_text()
-    assert "stopped by SIGTERM at epoch 1/2, step 3/4" in log and "resumed from epoch 0/2, step 3/4" in log
+    assert f"stopped by {name} at epoch 1/2, step 3/4" in log and "resumed from epoch 0/2, step 3/4" in log
 
 
 def test_epoch_batches_are_the_loaders_own(synth_root):

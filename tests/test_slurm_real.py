@@ -171,22 +171,37 @@ def test_a_cancelled_job_is_named_and_the_next_command_resumes_it(slurm, tmp_pat
 
 
 def test_a_restarted_runner_attaches_to_its_jobs_and_collects_them(slurm, tmp_path):
-    study = _study(tmp_path, epochs=60, seeds=(0, 1))
+    """Ctrl-C leaves the jobs running; the next runner attaches to both, submits nothing twice, and waits out a
+    requeue (``scontrol requeue``: SIGTERM, as preemption) of one of them."""
+    epochs = 300
+    study = _study(tmp_path, epochs=epochs, seeds=(0, 1))
     out, log = tmp_path / "out", tmp_path / "runner.out"
     rids = ["baseline/none/lf1_s0", "baseline/none/lf1_s1"]
     first = _runner(study, out, log, "--slurm-time-min", "10")
+    second = None
     try:
         _wait(lambda: all(len(_epochs(out, rid)) >= 1 for rid in rids), 300, "both jobs to train", first, log)
         jobs = {rid: _job(out, rid) for rid in rids}
         first.send_signal(signal.SIGINT)  # Ctrl-C: the runner stops, its jobs keep running
         assert first.wait(timeout=60) == 130
-        assert all(len(_accounted(j)) == 1 and _accounted(j)[0] in ("RUNNING", "PENDING") for j in jobs.values())
+        assert all(_accounted(j) == ["RUNNING"] for j in jobs.values())
         second = _runner(study, out, log, "--slurm-time-min", "10")
+        _wait(lambda: all(f"ATTACH {rid}: job {jobs[rid]}" in log.read_text() for rid in rids), 120,
+              "the second runner to attach", second, log)
+        subprocess.run(["scontrol", "requeue", jobs[rids[1]]], check=True)
         assert second.wait(timeout=900) == 0, "\n".join(_lines(log))
     finally:
-        first.kill()
+        for runner in (first, second):
+            if runner is not None:
+                runner.kill()
     lines = _lines(log)
     for rid, job_id in jobs.items():
-        assert any(line.startswith(f"ATTACH {rid}: job {job_id}") for line in lines), lines
-        assert _job(out, rid) == job_id and _accounted(job_id) == ["COMPLETED"]  # nothing submitted twice
-        assert _epochs(out, rid) == [f"epoch {e}/60" for e in range(1, 61)]
+        assert _job(out, rid) == job_id  # nothing submitted twice
+        assert _epochs(out, rid) == [f"epoch {e}/{epochs}" for e in range(1, epochs + 1)]
+    assert _accounted(jobs[rids[0]]) == ["COMPLETED"]
+    assert _accounted(jobs[rids[1]]) == ["REQUEUED", "COMPLETED"]
+    assert "stopped by SIGTERM" in (out / rids[1] / "train.log").read_text()  # the requeue's SIGTERM: step saved
+    requeued = [line for line in lines if line.startswith("REQUEUED")]
+    assert len(requeued) == 1, lines
+    assert requeued[0].startswith(f"REQUEUED {rids[1]}: job {jobs[rids[1]]} is queued again (1 so far) (stopped by "
+                                  "SIGTERM "), requeued  # "at epoch E, step S" or "after epoch E"
