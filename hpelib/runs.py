@@ -37,12 +37,13 @@ report agree: :func:`run_id`, :func:`pretrain_run_id`, :func:`method_label`,
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .io import read_json, write_json, write_text
+from .io import file_digest, read_json, write_json, write_text
 from .metrics import ANGLE_NAMES, angle_errors, geodesic_errors, labelled_rows
 from .models.backbones import is_checkpoint_init
 
@@ -159,6 +160,17 @@ def metrics_document(per_set: dict[str, dict], **shared) -> dict:
     return {**out, **shared}
 
 
+def non_finite(doc, where: str = "") -> list[str]:
+    """The keys (``per_test_set.aflw2000.mae``) of every NaN or infinite number in a metrics document."""
+    if isinstance(doc, dict):
+        return [k for key, v in doc.items() for k in non_finite(v, f"{where}{key}.")]
+    if isinstance(doc, list):
+        return [k for i, v in enumerate(doc) for k in non_finite(v, f"{where}{i}.")]
+    if isinstance(doc, float) and not math.isfinite(doc):
+        return [f"{where[:-1]} = {doc}"]
+    return []
+
+
 def metric_blocks(doc: dict, default_test_set=None) -> list[tuple[object, dict]]:
     """``[(test_set, metrics), ...]`` from a ``metrics.json`` object.
 
@@ -261,6 +273,67 @@ def predictions_file(test_set: str, n_sets: int) -> str:
 
 
 # --------------------------------------------------------------------------- the folder
+#: a loss that ends above this multiple of its first epoch's has diverged
+DIVERGED_RATIO = 10.0
+
+
+def divergence(epochs: list[dict]) -> str | None:
+    """Why a training run's loss looks diverged (``history.json``'s ``epochs``), or None.
+
+    Its last epoch's mean total loss above :data:`DIVERGED_RATIO` x its first
+    epoch's, or (3 epochs or more) no later epoch below its first: for SSL
+    pre-training, whose loss nobody reads, a sign that the weights it hands to
+    the fine-tunes learned nothing.
+    """
+    losses = [float(e["loss"]["total"]) for e in epochs if isinstance(e.get("loss"), dict) and "total" in e["loss"]]
+    if len(losses) < 2 or not all(map(math.isfinite, losses)):
+        return None
+    first, last = losses[0], losses[-1]
+    if first > 0 and last > DIVERGED_RATIO * first:
+        return f"its loss rose from {first:.4g} (epoch 1) to {last:.4g} (epoch {len(losses)})"
+    if len(losses) >= 3 and min(losses[1:]) >= first:
+        return f"its loss never fell below its first epoch's ({first:.4g}) in {len(losses)} epochs"
+    return None
+
+
+#: a finished run's record (``study_run.json``) lists these files, as found then: each one's size, and its
+#: content hash when it is small (JSON, CSV); the runner and the report trust a run only while they still match
+SEALED = (CONFIG, METRICS, HISTORY, MODEL, PREDICTIONS, "predictions_*.csv")
+HASHED_UP_TO = 4 << 20  # bytes: larger files (model.pt) are checked by size
+
+
+def seal(folder) -> dict:
+    """``{file name: {"size", "sha256"?}}`` of the result files in ``folder`` (:data:`SEALED`)."""
+    folder = Path(folder)
+    found = sorted({p for pattern in SEALED for p in folder.glob(pattern) if p.is_file()})
+    record = {}
+    for path in found:
+        size = path.stat().st_size
+        record[path.name] = {"size": size, **({"sha256": file_digest(path)} if size <= HASHED_UP_TO else {})}
+    return record
+
+
+def broken_seal(folder, sealed: dict) -> str | None:
+    """What no longer matches ``sealed`` (:func:`seal`'s record) in ``folder``, or None when all of it does."""
+    folder = Path(folder)
+    for name, want in sealed.items():
+        path = folder / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{path} is missing"
+        if size != want.get("size"):
+            return f"{path} is {size:,} bytes, {want.get('size', 0):,} when the run finished"
+        if "sha256" in want and file_digest(path) != want["sha256"]:
+            return f"{path} changed since the run finished"
+    if METRICS in sealed:
+        try:
+            RunFolder(folder).read_metrics()
+        except (OSError, ValueError) as e:
+            return str(e)
+    return None
+
+
 class RunFolder:
     """One run's folder; every file of it is read and written through here."""
 
@@ -290,10 +363,26 @@ class RunFolder:
 
     # metrics.json
     def write_metrics(self, per_set: dict[str, dict], **shared) -> Path:
-        return write_json(self.path / METRICS, metrics_document(per_set, **shared))
+        """Write ``metrics.json``; a NaN or infinite value is refused (the run failed: its predictions are not
+        finite), so a results folder never holds a metric that a table would show as a number."""
+        doc = metrics_document(per_set, **shared)
+        bad = non_finite(doc)
+        if bad:
+            raise ValueError(f"refusing to write {self.path / METRICS}: non-finite metrics ({', '.join(bad[:3])}); "
+                             "the model's predictions or the test labels are not finite")
+        return write_json(self.path / METRICS, doc)
 
     def read_metrics(self) -> dict:
-        return read_json(self.path / METRICS)
+        """``metrics.json``; unreadable JSON or a non-finite value is a ValueError naming the file."""
+        path = self.path / METRICS
+        try:
+            doc = read_json(path)
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e})") from None
+        bad = non_finite(doc)
+        if bad:
+            raise ValueError(f"{path} holds non-finite metrics ({', '.join(bad[:3])})")
+        return doc
 
     def metric_blocks(self, default_test_set=None) -> list[tuple[object, dict]]:
         return metric_blocks(self.read_metrics(), default_test_set)
@@ -329,6 +418,13 @@ class RunFolder:
 
         history = read_json(self.path / HISTORY)["epochs"]
         return pd.DataFrame([{"epoch": h["epoch"], **h["loss"]} for h in history]).set_index("epoch")
+
+    def divergence(self) -> str | None:
+        """:func:`divergence` of this run's ``history.json`` (None when there is none)."""
+        try:
+            return divergence(read_json(self.path / HISTORY)["epochs"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def drop_checkpoint(self) -> None:
         """Remove ``checkpoint.pt`` (only needed to resume; ``model.pt`` holds the final weights)."""

@@ -51,6 +51,25 @@ def test_aflw2000_box_keeps_invisible_landmarks_unless_asked(tiny_aflw2000):
     assert ds.preset.crop_fraction == 1.0  # Hopenet's Scale(224) + CenterCrop(224)
 
 
+def test_aflw2000_training_boxes_with_a_random_k(tiny_aflw2000):
+    """k_range: each training item's box grows by its own k in [lo, hi) (AFLW2000's factors); tests keep k."""
+    ds = build_dataset("aflw2000", root=tiny_aflw2000, train=True, image_size=24, k_range=(0.1, 0.5))
+    _, pt2d = read_mat_label(tiny_aflw2000 / "image00001.mat")
+    box = landmark_box(pt2d)
+    np.testing.assert_allclose(ds.regions.outer(0), enlarge_box(box, 0.5, AFLW2000_FACTORS))
+    draws = [ds.regions.region(0, np.random.default_rng(s)) for s in range(20)]
+    ks = [(b[2] - b[0]) for b in draws]
+    assert len(set(np.round(ks, 6))) == 20  # a new k each draw
+    lo, hi = enlarge_box(box, 0.1, AFLW2000_FACTORS), enlarge_box(box, 0.5, AFLW2000_FACTORS)
+    assert all(lo[0] >= b[0] >= hi[0] and lo[2] <= b[2] <= hi[2] for b in draws)
+    ds.set_epoch(0)
+    first = ds[0][0]
+    ds.set_epoch(1)
+    assert not torch.equal(first, ds[0][0])
+    fixed = build_dataset("aflw2000", root=tiny_aflw2000, train=False, k_range=(0.1, 0.5))
+    np.testing.assert_allclose(fixed.regions.boxes[0], enlarge_box(box, 0.2, AFLW2000_FACTORS))
+
+
 def test_300w_lp_walks_known_folders_only(tiny_300w_lp):
     ds = build_dataset("300w_lp", root=tiny_300w_lp, train=True, image_size=24)
     kept = _kept(TINY_LABELS["300w_lp"])

@@ -349,6 +349,21 @@ def test_build_report_writes_everything(tree, tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no complete runs"):
         report.build_report(empty, tmp_path / "r")
+    assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*"))  # nothing half-written
+
+
+def test_a_report_is_swapped_in_whole_and_a_failed_one_moves_the_former_aside(tree, tmp_path):
+    out = tmp_path / "report"
+    with pytest.warns(UserWarning):
+        report.build_report(tree, out)
+    (out / "stale.txt").write_text("a file of an older report")
+    with pytest.warns(UserWarning):
+        paths = report.build_report(tree, out)
+    assert not (out / "stale.txt").exists() and all(p.parent == out for p in map(Path, paths.values()))
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+    with pytest.raises(ValueError, match=rf"no complete runs .*the former report was moved to .*report.previous"):
+        report.build_report(tree, out, runs=["no/such/run"])
+    assert not out.exists() and (tmp_path / "report.previous" / "results.csv").is_file()
 
 
 def test_several_test_sets_with_prediction_files(tmp_path):
@@ -474,7 +489,7 @@ def test_build_report_warns_and_lists_problems(tmp_path):
     assert all(f"auxiliary-s{s}" in mix for s in range(3)) and "baseline-s" not in mix
     text = Path(paths["warnings_md"]).read_text()
     assert "auxiliary-s2 [synthetic]: yaw 17.00 >= 0.8 x 20.00" in text and "train_config.epochs" in text
-    assert text.count("- none") == 1  # only under "Runs left out": every folder is a complete run
+    assert text.count("- none") == 2  # under "Runs left out" (every folder is a complete run) and pre-trainings
     assert "‡" in Path(paths["error_table_md"]).read_text()
 
 
@@ -484,7 +499,7 @@ def test_build_report_clean_warnings_md(tree, tmp_path):
         paths = report.build_report(tree, tmp_path / "out")
     assert not [w for w in rec if "constant predictor" in str(w.message) or "training settings" in str(w.message)]
     text = Path(paths["warnings_md"]).read_text()
-    assert text.count("- none") == 2 and "Not checked (18 rows" in text
+    assert text.count("- none") == 3 and "Not checked (18 rows" in text
 
 
 # --------------------------------------------------------------------------- paired tests: interval

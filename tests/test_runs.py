@@ -116,3 +116,28 @@ def test_unlearned_keys_apply_the_one_rule():
     assert unlearned_keys(block) == ["pitch"]  # 9.0 >= 0.8 x 10.0; the others are clearly below
     assert unlearned_keys({"yaw": 8.0, "mae": 6.0}) == []  # no constant predictor's errors: not checked
     assert unlearned_keys({**block, "pitch": 7.9}) == []
+
+
+def test_divergence_of_a_pretraining_loss(tmp_path):
+    import json
+
+    from hpelib.report.checks import pretraining_warnings, warnings_markdown
+    from hpelib.runs import divergence
+
+    epochs = lambda *losses: [{"epoch": i + 1, "loss": {"total": v}} for i, v in enumerate(losses)]  # noqa: E731
+    assert divergence(epochs(1.4, 1.1, 0.9)) is None
+    assert divergence(epochs(1.4)) is None  # one epoch: nothing to judge
+    assert divergence(epochs(4.2, 9.0, 1.3e14)) == "its loss rose from 4.2 (epoch 1) to 1.3e+14 (epoch 3)"
+    assert divergence(epochs(2.0, 2.5, 2.1)) == "its loss never fell below its first epoch's (2) in 3 epochs"
+    assert divergence(epochs(2.0, 2.5)) is None  # two epochs may wobble
+    for rid, losses in (("pretrain/rotation_s0", (1.4, 1.0, 0.8)), ("pretrain/simclr_s0", (5.0, 80.0, 900.0))):
+        folder = tmp_path / rid
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"kind": "pretrain"}))
+        (folder / "history.json").write_text(json.dumps({"epochs": epochs(*losses)}))
+    found = pretraining_warnings(tmp_path)
+    assert found == ["pretrain/simclr_s0: its loss rose from 5 (epoch 1) to 900 (epoch 3)"]
+    assert pretraining_warnings(tmp_path, runs=["pretrain/rotation_s0"]) == []
+    text = warnings_markdown({"left_out": [], "unlearned": [], "unchecked": [], "mixed_settings": [],
+                              "diverged": found})
+    assert "## SSL pre-trainings whose loss did not fall" in text and "- pretrain/simclr_s0: its loss rose" in text

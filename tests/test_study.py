@@ -203,6 +203,83 @@ def test_parallel_jobs(tiny):
     assert all(st.is_complete(r, tiny["out"]) for r in st.expand(st.load_study(tiny["yaml"]), tiny["out"]))
 
 
+def test_a_copied_or_moved_results_folder_is_complete_where_it_lands(tiny, tmp_path):
+    import shutil
+
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0
+    copy, moved = tmp_path / "copy" / "out", tmp_path / "moved"
+    shutil.copytree(tiny["out"], copy)
+    runs = st.expand(st.load_study(tiny["yaml"]), copy)
+    assert any(r.deps for r in runs)  # fine-tunes whose init is a pre-training's model.pt under the folder
+    assert [r.fingerprint for r in runs] == [r.fingerprint for r in st.expand(st.load_study(tiny["yaml"]), tiny["out"])]
+    lines = []
+    assert st.run_study(tiny["yaml"], copy, dry_run=True, echo=lines.append) == 0
+    assert f"{len(runs)} runs ({len(runs)} complete, 0 to run)" in lines[0], lines
+    shutil.move(tiny["out"], moved)
+    tiny["log"].write_text("")
+    assert st.run_study(tiny["yaml"], moved) == 0
+    assert tiny["log"].read_text() == ""  # nothing ran again
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("garbage", "metrics.json is "),  # changed: another size than when the run finished
+    ("nan", "metrics.json changed since the run finished"),
+    ("truncated model", "model.pt is 0 bytes"),
+    ("deleted predictions", "predictions.csv is missing"),
+])
+def test_a_damaged_result_is_named_and_trained_again(tiny, damage, problem):
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0
+    base, pre = tiny["out"] / "baseline/none/lf0.5_s0", tiny["out"] / "pretrain/rotation_s0"
+    record = json.loads((base / "study_run.json").read_text())["files"]
+    assert set(record) == {"config.json", "metrics.json", "predictions.csv"} and record["metrics.json"]["sha256"]
+    victim = pre if damage == "truncated model" else base
+    if damage == "garbage":
+        (base / "metrics.json").write_text("{not json")
+    elif damage == "nan":
+        (base / "metrics.json").write_text((base / "metrics.json").read_text().replace("1.0", "NaN", 1))  # same size
+    elif damage == "truncated model":
+        (pre / "model.pt").write_text("")
+    else:
+        (base / "predictions.csv").unlink()
+    lines = []
+    assert st.run_study(tiny["yaml"], tiny["out"], dry_run=True, echo=lines.append) == 0
+    (listed,) = [line for line in lines if f"] {victim.relative_to(tiny['out'])}" in line]
+    assert listed.startswith("  [damaged ]") and problem in listed, listed
+    tiny["log"].write_text("")
+    lines.clear()
+    assert st.run_study(tiny["yaml"], tiny["out"], echo=lines.append) == 0
+    assert any(line.startswith(f"DAMAGED {victim.relative_to(tiny['out'])}: ") and problem in line for line in lines)
+    assert tiny["log"].read_text().split() == [str(victim.relative_to(tiny["out"]))]  # that run only, again
+    assert st.run_study(tiny["yaml"], tiny["out"], dry_run=True, echo=lines.append) == 0
+    assert not any("[damaged" in line for line in lines[-8:])
+
+
+def test_non_finite_metrics_are_refused_when_written_and_when_read(tmp_path):
+    from hpelib.runs import RunFolder
+
+    folder = RunFolder(tmp_path)
+    with pytest.raises(ValueError, match=r"refusing to write .*metrics.json: non-finite metrics \(mae = inf"):
+        folder.write_metrics({"syn": {"mae": float("inf"), "n": 3}})
+    assert not (tmp_path / "metrics.json").exists()
+    (tmp_path / "metrics.json").write_text('{"mae": NaN, "n": 3}')
+    with pytest.raises(ValueError, match=r"metrics.json holds non-finite metrics \(mae = nan\)"):
+        folder.read_metrics()
+    (tmp_path / "metrics.json").write_text('{"mae": ')
+    with pytest.raises(ValueError, match=r"metrics.json is not valid JSON"):
+        folder.read_metrics()
+
+
+def test_the_next_run_of_a_folder_removes_what_a_kill_left(tiny):
+    folder = tiny["out"] / "baseline/none/lf0.5_s0"
+    folder.mkdir(parents=True)
+    left = [folder / ".checkpoint.pt.k3x9q_2.tmp", folder / ".execution_request.json", folder / ".metrics.json.a1.tmp"]
+    for path in left:
+        path.write_text("left by a killed write")
+    assert st.run_study(tiny["yaml"], tiny["out"], only=["baseline/*"]) == 0
+    assert not any(path.exists() for path in left)
+    assert (folder / "metrics.json").is_file()
+
+
 def test_dry_run_and_only(tiny):
     lines = []
     assert st.run_study(tiny["yaml"], tiny["out"], dry_run=True, only=["combined/*"], echo=lines.append) == 0
@@ -365,6 +442,24 @@ def test_pretraining_budget_variants_get_their_own_pretraining(tiny):
                                          "{aux: rotation, pretrain_train: {epochs: 4}}"))
     with pytest.raises(st.StudyError, match="pretrain_train.*no 'pretrain'"):
         st.load_study(tiny["yaml"])
+
+
+def test_a_variant_sets_its_own_image_size_and_training_data_options(tiny):
+    text = tiny["yaml"].read_text().replace(
+        "  baseline: [{}]", "  baseline: [{}, {method: big, image_size: 24, train_data: {n: 6, color_jitter: 0.2}}]")
+    tiny["yaml"].write_text(text)
+    runs = {r.run_id: r for r in st.expand(st.load_study(tiny["yaml"]), tiny["out"])}
+    plain, big = runs["baseline/none/lf0.5_s0"].spec, runs["baseline/big/lf0.5_s0"].spec
+    assert plain.image_size == 16 and big.image_size == 24
+    assert plain.train_data == {"name": "synthetic", "n": 8}
+    assert big.train_data == {"name": "synthetic", "n": 6, "color_jitter": 0.2}
+    assert big.test_data == plain.test_data  # the test images and crops stay the study's
+    assert runs["pretrain/rotation_s0"].spec.image_size == 16
+    assert runs["baseline/big/lf0.5_s0"].fingerprint != runs["baseline/none/lf0.5_s0"].fingerprint
+    for bad, match in (("image_size: 0", "image_size"), ("train_data: [n]", "train_data must be a mapping")):
+        tiny["yaml"].write_text(text.replace("image_size: 24, train_data: {n: 6, color_jitter: 0.2}", bad))
+        with pytest.raises(st.StudyError, match=match):
+            st.load_study(tiny["yaml"])
 
 
 def test_the_runner_leaves_its_own_process_alone(tiny):

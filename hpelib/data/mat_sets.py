@@ -175,8 +175,13 @@ def load_300w_lp(root, preset, *, split="all", seed=0, cache_dir=None, cache_res
 
 
 def load_aflw2000(root, preset, *, split="all", seed=0, cache_dir=None, cache_resolution=None, k=0.2,
-                  max_angle=99.0, drop_invisible_landmarks=False) -> PoseDataset:
-    """AFLW2000-3D from a flat folder of ``imageNNNNN.jpg`` + ``imageNNNNN.mat`` (a single set: ``split`` is ignored)."""
+                  max_angle=99.0, drop_invisible_landmarks=False, k_range=None) -> PoseDataset:
+    """AFLW2000-3D from a flat folder of ``imageNNNNN.jpg`` + ``imageNNNNN.mat`` (a single set: ``split`` is ignored).
+
+    ``k_range=(lo, hi)``, training only (k-fold training on AFLW2000): each item's box is enlarged by a random
+    ``k`` in ``[lo, hi)`` with AFLW2000's factors instead of the fixed ``k``, as 300W-LP's training boxes are
+    (Hopenet's random loose crop); the test crop keeps ``k``.
+    """
     root = _check_root(root, "AFLW2000-3D", f"{Path(root) / 'image00002.jpg'}")
     pairs = list_pairs(root, root)
     if not pairs:
@@ -186,6 +191,8 @@ def load_aflw2000(root, preset, *, split="all", seed=0, cache_dir=None, cache_re
     if not names:
         raise DataError(f"{root}: every sample was removed by the +-{max_angle} degree filter")
     faces = FaceBoxes(lm, k, AFLW2000_FACTORS)
-    return PoseDataset(load=FileSource(paths), names=names, poses=poses, regions=FixedRegions(faces.regions()),
+    regions = (RandomEnlarge(lm, k_range, AFLW2000_FACTORS) if preset.train and k_range is not None
+               else FixedRegions(faces.regions()))
+    return PoseDataset(load=FileSource(paths), names=names, poses=poses, regions=regions,
                        preset=preset, seed=seed, cache_dir=cache_dir, cache_resolution=cache_resolution,
                        dataset_id=f"aflw2000:{root.resolve()}", face_boxes=faces)

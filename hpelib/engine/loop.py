@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 
 from ..io import write_json
 from ..models.files import UnreadableCheckpoint
-from ..runs import CHECKPOINT, HISTORY, LOG, MODEL
+from ..runs import CHECKPOINT, HISTORY, LOG, MODEL, divergence
 from ..signals import handling
 from . import checkpoint as C
 from . import distributed as D
@@ -425,6 +425,9 @@ def _finish(fit: _Fit) -> dict:
         final["result"] = result
         C.save(final, job.checkpoint)
         _append_log(job, f"finished: {job.cfg.epochs} epochs in {result['train_time_s']:.1f} s")
+        diverged = divergence(fit.history) if job.kind == "pretrain" else None
+        if diverged:
+            _append_log(job, f"warning: this pre-training may have diverged: {diverged}")
     return result
 
 

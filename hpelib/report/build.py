@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from ..io import atomic_write, write_text
 from ..runs import CONFIG, METRICS
-from .checks import UNLEARNED_RATIO, study_warnings, warnings_markdown
+from .checks import UNLEARNED_RATIO, pretraining_warnings, study_warnings, warnings_markdown
 from .collect import collect_predictions, collect_with_left_out, write_results_table
 from .figures import (budget_series, plot_error_by_method, plot_error_vs_angle, plot_label_efficiency,
                       plot_pretrain_budget, save_figure)
@@ -42,23 +43,58 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, bas
     runs and error-table rows that mix training settings also raise a
     ``UserWarning`` each. Raises ``ValueError`` when ``results_dir`` holds no
     complete run (of ``runs``).
+
+    The report is written into a fresh folder beside ``out_dir`` and swapped in
+    when complete: a report that fails leaves no mix of old and new files, and
+    the former report, whose numbers may no longer hold, is moved to
+    ``<out_dir>.previous`` (the error names it).
     """
     out = Path(out_dir)
+    fresh = out.with_name(f".{out.name}.new-{os.getpid()}")
+    shutil.rmtree(fresh, ignore_errors=True)
+    try:
+        paths = _write_report(results_dir, fresh, out, baseline, baseline_init, angles, runs, why_not)
+    except Exception as e:
+        shutil.rmtree(fresh, ignore_errors=True)
+        if out.is_dir():
+            previous = out.with_name(out.name + ".previous")
+            shutil.rmtree(previous, ignore_errors=True)
+            out.rename(previous)
+            try:
+                moved = type(e)(f"{e} (the former report was moved to {previous})")
+            except Exception:
+                moved = RuntimeError(f"{type(e).__name__}: {e} (the former report was moved to {previous})")
+            raise moved from e
+        raise
+    if out.is_dir():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        fresh.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fresh.rename(out)
+    return {name: out / path.relative_to(fresh) for name, path in paths.items()}
+
+
+def _write_report(results_dir, out: Path, final: Path, baseline, baseline_init, angles, runs, why_not) -> dict:
+    """:func:`build_report`'s files, written into ``out`` (``final``: where they will be, for the messages)."""
     runs = None if runs is None else list(runs)  # read twice: by the tables and by the predictions
-    df, left_out = collect_with_left_out(results_dir, runs, stacklevel=3, why_not=why_not)
+    df, left_out = collect_with_left_out(results_dir, runs, stacklevel=4, why_not=why_not)
     if df.empty:
         raise ValueError(f"no complete runs ({CONFIG} + {METRICS}) under {results_dir}")
     paths: dict[str, Path] = {"results_csv": write_results_table(df, out / "results.csv")}
-    notes = dict(study_warnings(df), left_out=left_out)
+    notes = dict(study_warnings(df), left_out=left_out, diverged=pretraining_warnings(results_dir, runs))
     paths["warnings_md"] = write_text(out / "warnings.md", warnings_markdown(notes))
+    listed = final / "warnings.md"
     if notes["unlearned"]:
         warnings.warn(f"{len(notes['unlearned'])} result row(s) not clearly below the constant predictor "
                       f"(error >= {UNLEARNED_RATIO:g} x its error; marked † in the error tables, listed in "
-                      f"{paths['warnings_md']}): " + _first(notes["unlearned"]), UserWarning, stacklevel=2)
+                      f"{listed}): " + _first(notes["unlearned"]), UserWarning, stacklevel=3)
     if notes["mixed_settings"]:
         warnings.warn(f"{len(notes['mixed_settings'])} error-table row(s) average runs with different training "
-                      f"settings (marked ‡, listed in {paths['warnings_md']}): " + _first(notes["mixed_settings"]),
-                      UserWarning, stacklevel=2)
+                      f"settings (marked ‡, listed in {listed}): " + _first(notes["mixed_settings"]),
+                      UserWarning, stacklevel=3)
     table = error_table(df, baseline=baseline, baseline_init=baseline_init)
     paths["error_table_md"] = write_text(out / "error_table.md", to_markdown(table))
     paths["error_table_tex"] = write_text(out / "error_table.tex", to_latex(table))

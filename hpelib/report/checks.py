@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -107,6 +108,26 @@ def study_warnings(df: pd.DataFrame) -> dict[str, list[str]]:
     return out
 
 
+def pretraining_warnings(results_dir, runs=None) -> list[str]:
+    """``"<run>: <why>"`` for each SSL pre-training (of ``runs``) whose loss looks diverged
+    (:func:`hpelib.runs.divergence`): its fine-tunes started from weights that may have learned nothing."""
+    from .collect import _run_dirs, _wanted
+
+    root = Path(results_dir)
+    wanted, found = _wanted(root, runs), []
+    for d in _run_dirs(root):
+        rel = d.relative_to(root).as_posix()
+        folder = RunFolder(d)
+        try:
+            pretrain = wanted(rel) and folder.read_config().kind == "pretrain"
+        except (OSError, ValueError, TypeError):
+            continue
+        why = folder.divergence() if pretrain else None
+        if why:
+            found.append(f"{rel}: {why}")
+    return found
+
+
 def warnings_markdown(notes: dict[str, list[str]]) -> str:
     """``warnings.md``: the runs left out (``notes["left_out"]``) and the :func:`study_warnings`.
 
@@ -129,4 +150,9 @@ def warnings_markdown(notes: dict[str, list[str]]) -> str:
               "method, init) should share image_size, model_config (but init) and train_config (but seed, "
               + ", ".join(SETTINGS_IGNORED[1:]) + "); the fingerprint is the `settings` column of results.csv.",
               "", *items(notes["mixed_settings"])]
+    if "diverged" in notes:
+        lines += ["", "## SSL pre-trainings whose loss did not fall", "",
+                  "Their last epoch's loss is above 10 x their first's, or no epoch after the first is below it: "
+                  "the fine-tunes that start from them may start from weights that learned nothing.", "",
+                  *items(notes["diverged"])]
     return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from ..io import read_json, write_json
-from ..runs import FAILED, KERNEL_LOG, METRICS, STUDY_RUN
+from ..runs import FAILED, KERNEL_LOG, METRICS, STUDY_RUN, RunFolder, broken_seal, seal
 from . import notebook_process
 from .plan import Run
 from .schema import REPO_ROOT
@@ -65,11 +65,32 @@ def is_complete(run: Run, out) -> bool:
     """
     d = run.folder(out)
     meta = _meta(d) if (d / METRICS).is_file() else None
-    if not meta or meta.get("fingerprint") != run.fingerprint:
+    if not meta or meta.get("fingerprint") != run.fingerprint or damage(run, out) is not None:
         return False
     if meta.get("complete") is True:
         return True
     return not (d / FAILED).is_file() and notebook_process.held_by(d) is None
+
+
+def damage(run: Run, out) -> str | None:
+    """What is wrong with the result of a run that finished under this fingerprint, or None.
+
+    A finished run's record lists its result files (:func:`hpelib.runs.seal`); a
+    file missing, truncated or changed since, or a ``metrics.json`` that is not
+    valid (JSON, finite) makes the result untrusted: the runner trains the run
+    again. None also for a run that has not finished.
+    """
+    d = run.folder(out)
+    meta = _meta(d)
+    if not meta or meta.get("fingerprint") != run.fingerprint or not (d / METRICS).is_file():
+        return None
+    if isinstance(meta.get("files"), dict):
+        return broken_seal(d, meta["files"])
+    try:
+        RunFolder(d).read_metrics()
+    except (OSError, ValueError) as e:
+        return str(e)
+    return None
 
 
 def finished_unobserved(run: Run, out) -> bool:
@@ -92,17 +113,24 @@ def prepare_folder(run: Run, out, force: bool = False) -> Path:
         shutil.rmtree(d)  # --force: start over, never return a stored result or resume a checkpoint
     elif (d / STUDY_RUN).is_file() and (_meta(d) or {}).get("fingerprint") != run.fingerprint:
         shutil.rmtree(d)  # parameters changed: never resume from a stale checkpoint
+    elif damage(run, out) is not None:
+        shutil.rmtree(d)  # a damaged result: its checkpoint would hand back the same result
     d.mkdir(parents=True, exist_ok=True)
-    for stale in (FAILED, METRICS):
+    for stale in (FAILED, METRICS, _REQUEST, _RESULT):
         (d / stale).unlink(missing_ok=True)
+    for left in d.glob(".*.tmp"):  # a write that a kill interrupted (hpelib.io.atomic_write's temporary file)
+        left.unlink(missing_ok=True)
     write_meta(run, out, complete=False)
     return d
 
 
 def write_meta(run: Run, out, complete: bool, seconds: float | None = None) -> None:
-    write_json(run.folder(out) / STUDY_RUN,
-               {"run_id": run.run_id, "kind": run.kind, "notebook": str(run.notebook), "complete": complete,
-                "seconds": seconds, "fingerprint": run.fingerprint, "deps": run.deps, "params": run.params})
+    """The run's record, ``study_run.json``; once complete it lists the result files it vouches for (``files``)."""
+    record = {"run_id": run.run_id, "kind": run.kind, "notebook": str(run.notebook), "complete": complete,
+              "seconds": seconds, "fingerprint": run.fingerprint, "deps": run.deps, "params": run.params}
+    if complete:
+        record["files"] = seal(run.folder(out))
+    write_json(run.folder(out) / STUDY_RUN, record)
 
 
 def gpu_ids(spec: str | None) -> list[str]:

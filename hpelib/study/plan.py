@@ -14,6 +14,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,8 +59,10 @@ def _fp(obj) -> str:
 
 def _spec(d: dict, study: dict, what: str, problems: dict) -> RunSpec | None:
     """A RunSpec from its dict form; what the engine rejects goes into ``problems`` ({problem: [run ids]})."""
-    if "image_size" in study:
-        d = {**d, "image_size": study["image_size"]}
+    if d.get("image_size") is None:  # a variant's own image_size, else the study's
+        d = {k: v for k, v in d.items() if k != "image_size"}
+        if "image_size" in study:
+            d["image_size"] = study["image_size"]
     if study.get("imports"):
         d = {**d, "imports": study["imports"], "import_paths": study["import_paths"]}
     try:
@@ -118,8 +121,9 @@ def expand(study: dict, out) -> list[Run]:
                             "kind": "train",
                             "model": {**model, "init": init, "ssl_tasks": ssl_tasks},
                             "train": {"progress": False, **tcfg, "seed": seed},
-                            "train_data": study["data"]["train"], "test_data": study["data"]["test"],
-                            "label_fraction": fr["fraction"],
+                            "train_data": {**study["data"]["train"], **v["train_data"]},
+                            "test_data": study["data"]["test"], "label_fraction": fr["fraction"],
+                            "image_size": v["image_size"],
                             "kfold": {"fold": fold, **kfold} if kfold else None,
                             "labels": {"run": rid, "scenario": scenario, "method": v["method"],
                                        "pretrain_method": v["pretrain"], "aux_methods": sorted(v["aux"])},
@@ -133,12 +137,25 @@ def expand(study: dict, out) -> list[Run]:
     runs = sorted(pre_runs.values(), key=lambda r: -r.spec.train.epochs) + train_runs
     fingerprints = {}  # a run's own spec + the fingerprints of what it depends on
     for r in runs:
-        parts = {"notebook": r.notebook.name, "spec": r.spec.to_dict(), "deps": [fingerprints[d] for d in r.deps]}
+        parts = {"notebook": r.notebook.name, "spec": _inside(r.spec.to_dict(), out),
+                 "deps": [fingerprints[d] for d in r.deps]}
         if study.get("import_digests"):  # the source of each imported module: editing it re-runs the study
             parts["imports"] = study["import_digests"]
         r.fingerprint = _fp(parts)
         fingerprints[r.run_id] = r.fingerprint
     return runs
+
+
+def _inside(obj, out: Path):
+    """``obj`` with every path under the results folder ``out`` written relative to it (``<out>/...``): a
+    fingerprint that stays the same when the results folder is copied, moved or mounted elsewhere."""
+    if isinstance(obj, dict):
+        return {k: _inside(v, out) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_inside(v, out) for v in obj]
+    if isinstance(obj, str) and obj.startswith(str(out) + os.sep):
+        return "<out>/" + Path(obj).relative_to(out).as_posix()
+    return obj
 
 
 def _pretrain_run(study, method, settings, seed, model, nb_dir, pre_runs, problems) -> Run:

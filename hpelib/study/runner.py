@@ -11,8 +11,8 @@ import yaml
 from ..io import read_json, write_json, write_text
 from ..signals import exit_status, signal_name, stop_on_signals
 from ..runs import CHECKPOINT, FAILED, HISTORY, LOG, METRICS, UNLEARNED_RATIO, RunFolder, unlearned_keys
-from .execute import (RunFolderHeld, error_record, failed_outside_notebook, finished_unobserved, is_complete,
-                      prepare_folder, write_meta)
+from .execute import (RunFolderHeld, damage, error_record, failed_outside_notebook, finished_unobserved,
+                      is_complete, prepare_folder, write_meta)
 from .executors import LocalExecutor, SlurmOptions, SubmititExecutor
 from .lock import StudyLock
 from .plan import expand, select
@@ -64,7 +64,9 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
         echo(f"study {study['name']}: {len(runs)} runs ({len(done)} complete, {len(runs) - len(done)} to run) -> {out}")
         for r in runs:
             dep = f"  <- {', '.join(r.deps)}" if r.deps else ""
-            echo(f"  [{'complete' if r.run_id in done else 'run':8s}] {r.run_id}{dep}")
+            problem = None if force or r.run_id in done else damage(r, out)
+            state = "complete" if r.run_id in done else "damaged" if problem else "run"
+            echo(f"  [{state:8s}] {r.run_id}{dep}" + (f"  ({problem})" if problem else ""))
         return 0
     with StudyLock(out, study["_file"]) as lock:
         if lock.previous:
@@ -156,6 +158,10 @@ def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool, ech
     """
     from tqdm.auto import tqdm
 
+    for r in runs:
+        problem = None if force else damage(r, out)
+        if problem:
+            echo(f"DAMAGED {r.run_id}: {problem}; training it again")
     done = {r.run_id for r in runs if not force and is_complete(r, out)}
     for r in runs:
         if r.run_id in done and finished_unobserved(r, out):
@@ -186,6 +192,10 @@ def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool, ech
         if result["ok"]:
             write_meta(run, out, complete=True, seconds=round(result["seconds"], 1))
             _warn_unlearned(run, out, bar.write)
+            diverged = RunFolder(run.folder(out)).divergence() if run.kind == "pretrain" else None
+            if diverged:
+                bar.write(f"DIVERGED? {run.run_id}: {diverged}; its fine-tunes start from these weights "
+                          f"(listed in the report's warnings.md)")
         else:
             err = dict(result["error"], run=run.run_id, notebook=str(run.folder(out) / run.notebook.name))
             failures.append(err)

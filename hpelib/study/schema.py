@@ -49,7 +49,7 @@ TOP_KEYS = {
 }
 DATA_KEYS = {"pretrain", "train", "test"}
 SCENARIO_KEYS = {"variants", "label_fractions", "seeds", "model", "train", "description"}
-VARIANT_KEYS = {"pretrain", "pretrain_train", "aux", "method", "model", "train"}
+VARIANT_KEYS = {"pretrain", "pretrain_train", "aux", "method", "model", "train", "image_size", "train_data"}
 KFOLD_KEYS = {"k", "seed", "validation"}
 
 
@@ -426,9 +426,17 @@ def _check_scenario(name, sc, study, default_seeds, where, problems: _Problems) 
         if label in labels:
             problems.add(vw, f"two variants of scenario {name!r} are both called {label!r}; give one a 'method' label")
         labels.add(label)
+        size = (problems.values(_spec_values, {"image_size": v["image_size"]}, vw)["image_size"]
+                if "image_size" in v else None)
+        train_data = v.get("train_data") or {}
+        if not isinstance(train_data, dict):
+            problems.add(vw, f"train_data must be a mapping of data.train options (e.g. {{k_range: [0.1, 0.4]}}), "
+                             f"got {train_data!r}")
+            train_data = {}
         out_variants.append({"pretrain": pre, "pretrain_train": pre_train, "aux": aux, "method": label,
                              "model": _model_block(v.get("model"), vw + ".model", problems),
-                             "train": _train_block(v.get("train"), vw + ".train", problems)})
+                             "train": _train_block(v.get("train"), vw + ".train", problems),
+                             "image_size": size, "train_data": train_data})
     seeds = _seed_list(sc["seeds"], where + ".seeds", problems) if "seeds" in sc else None
     fracs = (_fraction_list(sc["label_fractions"], seeds or default_seeds, where + ".label_fractions", problems)
              if "label_fractions" in sc else
