@@ -572,6 +572,19 @@ def test_a_second_runner_on_the_same_results_folder_is_refused(tiny):
     assert not any("taking over" in line for line in lines), lines
 
 
+def test_an_unusable_out_is_one_line_and_exit_2_in_dry_run_too(tiny, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    cases = [(a_file, "is a file, not a folder"), (a_file / "results", f"lies under the file {a_file}"),
+             (tmp_path / ("x" * 300), "longer than this file system allows")]
+    for out, message in cases:
+        for dry in ([], ["--dry-run"]):
+            assert st.main([str(tiny["yaml"]), "--out", str(out), *dry]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("error: --out ") and message in err[0], err
+    assert tiny["log"].read_text() == ""  # nothing ran
+
+
 def test_jobs_must_be_a_positive_integer(tiny, capsys):
     for bad in ("0", "-3", "two"):
         with pytest.raises(SystemExit) as e:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
         raise StudyError(f"--jobs must be an integer >= 1, got {jobs!r}")
     study = load_study(study_path)
     out = Path(out if out is not None else REPO_ROOT / "results" / study["name"]).resolve()
+    _check_out(out)
     planned = expand(study, out)
     runs = select(planned, only)
     if only and not runs:
@@ -91,6 +93,36 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
                                                          for r in runs if r.kind == "train"):
             rc = max(rc, _report(out, planned, echo))
     return rc
+
+
+def _check_out(out: Path) -> None:
+    """A results folder this process can create and write into, or one StudyError line saying why not."""
+    existing = out
+    while not _exists(existing):
+        existing = existing.parent
+    if existing != out and not existing.is_dir():
+        raise StudyError(f"--out {out} lies under the file {existing}: pass a folder for the results")
+    if existing == out and not out.is_dir():
+        raise StudyError(f"--out {out} is a file, not a folder: pass a folder for the results")
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    long = [part for part in out.relative_to(existing).parts if len(part.encode()) > limit]
+    if long:
+        raise StudyError(f"--out {out}: the name {long[0][:40]}... is longer than this file system allows "
+                         f"({limit} bytes): pass a shorter --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StudyError(f"--out {out}: cannot write into {existing} (read-only or permission denied): pass "
+                         "--out on storage you can write to")
+
+
+def _exists(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError:  # missing, or a name too long to exist
+        return False
+    return True
 
 
 def _report(out: Path, planned, echo) -> int:
