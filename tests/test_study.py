@@ -280,6 +280,20 @@ def test_the_next_run_of_a_folder_removes_what_a_kill_left(tiny):
     assert (folder / "metrics.json").is_file()
 
 
+def test_a_failure_in_a_pretrainings_file_names_the_command_that_redoes_it(tiny):
+    from hpelib.study.runner import _dependency_hint
+
+    study = st.load_study(tiny["yaml"])
+    out = tiny["out"].resolve()
+    runs = {r.run_id: r for r in st.expand(study, out)}
+    run = runs["pretrain/rotation/lf0.5_s0"]
+    bad = {"evalue": f"checkpoint {out}/pretrain/rotation_s0/model.pt (12 bytes) is truncated; train again"}
+    assert _dependency_hint(study, out, run, bad) == (
+        f" [the file is pretrain/rotation_s0's: train it again with python -m hpelib.study {study['_file']} "
+        f"--out {out} --force --only pretrain/rotation_s0]")
+    assert _dependency_hint(study, out, run, {"evalue": "CUDA out of memory"}) == ""
+
+
 def test_dry_run_and_only(tiny):
     lines = []
     assert st.run_study(tiny["yaml"], tiny["out"], dry_run=True, only=["combined/*"], echo=lines.append) == 0

@@ -230,6 +230,7 @@ def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool, ech
                           f"(listed in the report's warnings.md)")
         else:
             err = dict(result["error"], run=run.run_id, notebook=str(run.folder(out) / run.notebook.name))
+            err["evalue"] = str(err.get("evalue", "")) + _dependency_hint(study, out, run, err)
             failures.append(err)
             write_json(run.folder(out) / FAILED, err)
             bar.write("FAILED " + _failure_line(run.run_id, err, 300))
@@ -291,6 +292,16 @@ class _EpochProgress:
             return len(read_json(folder / HISTORY).get("epochs", []))
         except (OSError, ValueError):
             return 0
+
+
+def _dependency_hint(study: dict, out: Path, run, err: dict) -> str:
+    """When a run's error names a file of a run it depends on (a pre-training's ``model.pt``), the command that
+    trains that run again."""
+    for dep in run.deps:
+        if str(out / dep) + os.sep in str(err.get("evalue", "")):
+            return (f" [the file is {dep}'s: train it again with python -m hpelib.study {study['_file']} "
+                    f"--out {out} --force --only {dep}]")
+    return ""
 
 
 def _warn_unlearned(run, out: Path, write) -> None:
