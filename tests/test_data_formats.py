@@ -261,3 +261,32 @@ def test_corrupt_folder_image(tmp_path):
     ds = build_dataset("folder", root=tmp_path, train=False)
     with pytest.raises(DataError, match=r"bad\.png"):
         ds[0]
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "P", "LA", "CMYK", "L", "RGBA", "PA"])
+def test_every_image_mode_reads_as_its_8_bit_rgb_copy(tmp_path, mode):
+    """A 16-bit or float picture is scaled, not clipped to white; other modes through Pillow's conversion."""
+    from PIL import Image
+
+    from hpelib.data.crops import load_image, to_rgb8
+    from hpelib.predict.predictor import as_rgb
+
+    gray = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (6, 1))  # 6 x 25, values 0..240
+    eight = np.repeat(gray[..., None], 3, axis=-1)
+    made = {"I;16": lambda: Image.fromarray(gray.astype(np.uint16) * 257),  # opens as I;16
+            "I": lambda: Image.fromarray(gray.astype(np.int32) * 257, mode="I"),
+            "F": lambda: Image.fromarray(gray.astype(np.float32) / 255.0, mode="F"),
+            "P": lambda: Image.fromarray(eight).convert("P", palette=Image.Palette.ADAPTIVE, colors=256),
+            "LA": lambda: Image.fromarray(gray).convert("LA"), "CMYK": lambda: Image.fromarray(eight).convert("CMYK"),
+            "L": lambda: Image.fromarray(gray), "RGBA": lambda: Image.fromarray(eight).convert("RGBA"),
+            "PA": lambda: Image.fromarray(eight).convert("PA")}[mode]()
+    assert made.mode == ("I;16" if mode == "I;16" else mode)
+    got = np.asarray(to_rgb8(made))
+    assert got.dtype == np.uint8 and got.shape == (6, 25, 3)
+    # a palette holds the colours it was quantized to: those, exactly; the other modes: the 8-bit picture
+    want = np.asarray(made.convert("RGBA").convert("RGB")) if mode in ("P", "PA") else eight
+    assert np.abs(got.astype(int) - want).max() <= 1, mode
+    if mode in ("I;16", "P", "LA", "L"):  # modes a PNG file keeps: read from disk too, and by the predictor's path
+        made.save(tmp_path / "x.png")
+        assert np.abs(np.asarray(load_image(tmp_path / "x.png")).astype(int) - want).max() <= 1
+    assert np.array_equal(as_rgb(made), got)

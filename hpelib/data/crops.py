@@ -50,11 +50,39 @@ LP300W_FACTORS = (0.6, 2.0, 0.6, 0.6)
 AFLW2000_FACTORS = (2.0, 2.0, 2.0, 0.6)
 
 
+def to_rgb8(im: Image.Image) -> Image.Image:
+    """Any image mode Pillow reads as 8-bit RGB.
+
+    Pillow's own ``convert("RGB")`` clips 16-bit and 32-bit integer pixels at
+    255 (a 16-bit grayscale PNG turns white) and float pixels likewise; here
+    they are scaled: 16-bit by 1/257, 32-bit integers by their range (8 bits
+    when every value fits, else 16 bits, else their maximum), floats in [0, 1]
+    by 255. Palette, LA, PA, CMYK and the rest go through Pillow's conversion
+    (alpha dropped).
+    """
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        arr = np.asarray(im).astype(np.float64)
+        top = float(arr.max()) if arr.size else 0.0
+        if im.mode.startswith("I;16"):
+            scale = 255.0 / 65535.0
+        elif im.mode == "F":
+            scale = 255.0 if top <= 1.0 else 1.0 if top <= 255.0 else 255.0 / top
+        else:
+            scale = 1.0 if top <= 255.0 else 255.0 / 65535.0 if top <= 65535.0 else 255.0 / top
+        gray = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if im.mode == "PA" or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+    return im.convert("RGB")
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file into an RGB PIL image; unreadable files raise :class:`DataError`."""
+    """Decode an image file as an 8-bit RGB PIL image (:func:`to_rgb8`); an unreadable one raises DataError."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb8(im)
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found; check the data folder (see data/README.md)") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.crops import to_rgb8
 from .detect import Detection, FaceDetector, make_detector
 from .model import PoseModel
 
@@ -44,7 +45,7 @@ class FacePose:
 
 def as_rgb(image) -> np.ndarray:
     """A PIL image or an ``[H, W]`` / ``[H, W, 3]`` uint8 array as a uint8 ``[H, W, 3]`` RGB array."""
-    arr = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    arr = np.asarray(to_rgb8(image) if isinstance(image, Image.Image) else image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=-1)
     if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
