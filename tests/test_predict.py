@@ -200,6 +200,30 @@ def test_a_corrupt_picture_is_named_and_skipped_and_the_others_kept(crops, model
     assert len(read_rows(tmp_path / "out")) == 2  # the good pictures' rows, written around the bad ones
 
 
+def test_same_named_inputs_get_one_annotated_file_each_and_a_rerun_keeps_none_of_the_last(crops, model_pt,
+                                                                                         tmp_path, capsys):
+    folder, ds = crops
+    for i, sub in enumerate(("a", "b")):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.asarray(ds.load(i))).save(tmp_path / sub / "x.jpg")
+    out = tmp_path / "out"
+    (out / "annotated").mkdir(parents=True)
+    (out / "annotated" / "from_an_earlier_run.jpg").write_text("stale")
+    status, _, _ = run(capsys, "--checkpoint", model_pt, tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg",
+                       "--out", out, "--cropped")
+    assert status == 0
+    rows = read_rows(out)
+    assert list(rows["annotated"]) == ["x.jpg", "x_2.jpg"]
+    assert sorted(p.name for p in (out / "annotated").iterdir()) == ["x.jpg", "x_2.jpg"]
+    first, second = (np.asarray(Image.open(out / "annotated" / n)) for n in ("x.jpg", "x_2.jpg"))
+    assert np.abs(first.astype(int) - second).mean() > 1  # two pictures, not one written twice
+    from hpelib.predict.outputs import annotated_names
+
+    assert annotated_names([(Path("v.mp4"), True), (Path("v.mkv"), True), (Path("V.MP4"), True),
+                            (Path("p.xyz"), False)]) == [Path("v.mp4"), Path("v_2.mp4"), Path("V_3.mp4"),
+                                                         Path("p.xyz.png")]
+
+
 def test_checkpoint_and_input_errors_are_one_line(model_pt, tmp_path, capsys):
     picture = tmp_path / "face.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(picture)

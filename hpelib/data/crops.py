@@ -60,8 +60,6 @@ def to_rgb8(im: Image.Image) -> Image.Image:
     by 255. Palette, LA, PA, CMYK and the rest go through Pillow's conversion
     (alpha dropped).
     """
-    if im.mode == "RGB":
-        return im
     if im.mode.startswith("I") or im.mode == "F":
         arr = np.asarray(im).astype(np.float64)
         top = float(arr.max()) if arr.size else 0.0

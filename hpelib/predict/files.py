@@ -14,6 +14,7 @@ the other files, and those of its frames already predicted, are kept.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .boxes import file_key, read_boxes
 from .draw import draw_faces
-from .outputs import ANNOTATED_DIR, RowWriter, VideoWriter, face_rows, save_image
+from .outputs import ANNOTATED_DIR, RowWriter, VideoWriter, annotated_names, face_rows, save_image
 from .predictor import Predictor
 from .sources import InputFile, UnreadableInput, VideoFrames, find_inputs, read_image
 
@@ -83,6 +84,9 @@ def predict_files(inputs, out_dir, predictor, *, boxes=None, draw: bool = True, 
     files = [f for f in find_inputs(inputs) if not f.path.resolve().is_relative_to(out_dir.resolve())]
     if not files:
         raise FileNotFoundError(f"no pictures or videos in {', '.join(map(str, inputs))}")
+    names = dict(zip(files, annotated_names([(f.rel, f.is_video) for f in files]))) if draw else {}
+    if draw:
+        shutil.rmtree(out_dir / ANNOTATED_DIR, ignore_errors=True)  # no picture of an earlier prediction stays
     predictor = predictor if isinstance(predictor, Predictor) else Predictor(predictor)
     given = read_boxes(boxes) if isinstance(boxes, (str, Path)) else boxes
     log = log or (lambda message: None)
@@ -97,10 +101,11 @@ def predict_files(inputs, out_dir, predictor, *, boxes=None, draw: bool = True, 
             used.update(keys)
             frame_boxes = None if given is None else [given.get(key, []) for key in keys]
             for frame, faces in zip(pending, predictor.predict_batch([f.rgb for f in pending], frame_boxes)):
-                rows.write(face_rows(frame.item.name, frame.index, faces))
+                name = names.get(frame.item)
+                rows.write(face_rows(frame.item.name, frame.index, faces, name and name.as_posix()))
                 summary.frames, summary.faces = summary.frames + 1, summary.faces + len(faces)
                 if draw:
-                    _annotate(frame, faces, out_dir / ANNOTATED_DIR, videos)
+                    _annotate(frame, faces, out_dir / ANNOTATED_DIR / name, videos)
             pending.clear()
 
         pending: list[_Frame] = []
@@ -142,14 +147,14 @@ def _events(files: list[InputFile], summary: Summary, log, progress: bool) -> It
         yield _EndOfFile(item)
 
 
-def _annotate(frame: _Frame, faces, folder: Path, videos: dict) -> None:
-    """Draw ``faces`` on the frame and save it: a picture under its own name, a video frame into its ``.mp4``."""
+def _annotate(frame: _Frame, faces, path: Path, videos: dict) -> None:
+    """Draw ``faces`` on the frame and save it at ``path``: a picture, or a video frame into its ``.mp4``."""
     drawn = draw_faces(frame.rgb, faces)
     if frame.rate is None:
-        save_image(drawn, folder / frame.item.rel)
+        save_image(drawn, path)
         return
     if frame.item not in videos:
-        videos[frame.item] = VideoWriter((folder / frame.item.rel).with_suffix(".mp4"), frame.rate)
+        videos[frame.item] = VideoWriter(path, frame.rate)
     videos[frame.item].write(drawn)
 
 

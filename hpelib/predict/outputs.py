@@ -5,7 +5,8 @@ Rows
     path), ``frame`` (0 for a picture), ``face`` (0, 1, ... within the frame),
     the tight face box ``x0, y0, x1, y1`` (pixels), ``score`` (the detector's;
     empty / null for given boxes and face crops) and ``yaw, pitch, roll``
-    (degrees, :mod:`hpelib.angles`). Both files are started afresh and every
+    (degrees, :mod:`hpelib.angles`), ``annotated`` (the input's annotated
+    file under ``annotated/``, empty without drawing). Both files are started afresh and every
     frame's rows are flushed as soon as they are made, so a crash later
     loses none of them.
 
@@ -13,7 +14,10 @@ Annotated files
     Pictures keep their name and format (``.png`` is added to a suffix
     Pillow cannot write); a video becomes an ``.mp4`` with the same
     frames and frame rate, H.264 when PyAV has an encoder for it, else MPEG-4
-    Part 2 (:func:`video_codec`).
+    Part 2 (:func:`video_codec`). Two inputs that would get one name
+    (``a/x.jpg`` and ``b/x.jpg``; ``v.mp4`` and ``v.mkv``) get ``x.jpg`` and
+    ``x_2.jpg`` (:func:`annotated_names`); ``annotated/`` is emptied first, so
+    it never holds a picture of an earlier prediction.
 """
 from __future__ import annotations
 
@@ -27,21 +31,46 @@ from PIL import Image
 
 from .deps import require
 
-__all__ = ["COLUMNS", "CSV_NAME", "JSONL_NAME", "ANNOTATED_DIR", "RowWriter", "face_rows", "save_image",
+__all__ = ["COLUMNS", "CSV_NAME", "JSONL_NAME", "ANNOTATED_DIR", "RowWriter", "face_rows", "annotated_names",
+           "save_image",
            "VideoWriter", "video_codec"]
 
-COLUMNS = ("file", "frame", "face", "x0", "y0", "x1", "y1", "score", "yaw", "pitch", "roll")
+COLUMNS = ("file", "frame", "face", "x0", "y0", "x1", "y1", "score", "yaw", "pitch", "roll", "annotated")
 CSV_NAME, JSONL_NAME, ANNOTATED_DIR = "predictions.csv", "predictions.jsonl", "annotated"
 VIDEO_CODECS = ("libx264", "h264", "mpeg4")  # in order of preference
 
 
-def face_rows(file: str, frame: int, faces) -> list[dict]:
+def face_rows(file: str, frame: int, faces, annotated: str | None = None) -> list[dict]:
     """The rows of one frame's faces (:class:`hpelib.predict.FacePose`): boxes to 0.01 px, angles to 1e-6 degree."""
     return [{"file": file, "frame": int(frame), "face": i, **dict(zip(("x0", "y0", "x1", "y1"),
                                                                       (round(float(v), 2) for v in face.box))),
              "score": None if face.score is None else round(float(face.score), 4),
-             "yaw": round(face.yaw, 6), "pitch": round(face.pitch, 6), "roll": round(face.roll, 6)}
+             "yaw": round(face.yaw, 6), "pitch": round(face.pitch, 6), "roll": round(face.roll, 6),
+             "annotated": annotated}
             for i, face in enumerate(faces)]
+
+
+def annotated_name(rel: Path, is_video: bool) -> Path:
+    """Where an input's annotated file goes under ``annotated/``: its name, ``.mp4`` for a video, ``.png``
+    added to a suffix Pillow cannot write."""
+    if is_video:
+        return rel.with_suffix(".mp4")
+    return rel if rel.suffix.lower() in Image.registered_extensions() else rel.with_name(rel.name + ".png")
+
+
+def annotated_names(items) -> list[Path]:
+    """:func:`annotated_name` of each ``(rel, is_video)``, made unique: a later input that would overwrite an
+    earlier one's file gets ``_2``, ``_3`` ... before its suffix (names compared without case)."""
+    taken, names = set(), []
+    for rel, is_video in items:
+        name, n = annotated_name(rel, is_video), 2
+        base = name
+        while name.as_posix().lower() in taken:
+            name = base.with_name(f"{base.stem}_{n}{base.suffix}")
+            n += 1
+        taken.add(name.as_posix().lower())
+        names.append(name)
+    return names
 
 
 class RowWriter:
