@@ -175,6 +175,36 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, _write, size=len(data))
 
 
+def output_folder_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be made and written into as a folder (``"lies under the file F"``, ...), or None."""
+    path = Path(path).absolute()
+    existing = path
+    while not _stat_ok(existing):
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        return f"lies under the file {existing}"
+    if existing == path and not path.is_dir():
+        return "is a file, not a folder"
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    long = [part for part in path.relative_to(existing).parts if len(part.encode()) > limit]
+    if long:
+        return f"has a name longer than this file system allows ({limit} bytes): {long[0][:40]}..."
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot be written: {existing} is read-only or not yours"
+    return None
+
+
+def _stat_ok(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError:  # missing, or a name too long to exist
+        return False
+    return True
+
+
 def file_digest(path: str | os.PathLike) -> str:
     """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
     import hashlib

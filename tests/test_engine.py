@@ -318,6 +318,18 @@ def test_cli_names_the_line_and_column_of_a_malformed_config(tmp_path, capsys, n
     assert line.startswith(f"error: config file {path} is not valid {where}") and "correct the file" in line
 
 
+def test_cli_refuses_an_out_dir_that_is_a_file_in_one_line(tmp_path, capsys):
+    (tmp_path / "taken").write_text("")
+    path = tmp_path / "run.yaml"
+    path.write_text(f"out_dir: {tmp_path / 'taken'}\n")
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "--config", str(path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"error: out_dir {tmp_path / 'taken'} is a file, not a folder: set another out_dir "
+                            "(or --out-dir)"), err
+
+
 def test_cli_checks_values_as_notebooks_and_studies_do(tmp_path, capsys):
     """The engine CLI's config goes through the same checks (and YAML coercion) before anything is built."""
     path = tmp_path / "run.yaml"

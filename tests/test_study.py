@@ -590,7 +590,7 @@ def test_an_unusable_out_is_one_line_and_exit_2_in_dry_run_too(tiny, tmp_path, c
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     cases = [(a_file, "is a file, not a folder"), (a_file / "results", f"lies under the file {a_file}"),
-             (tmp_path / ("x" * 300), "longer than this file system allows")]
+             (tmp_path / ("x" * 300), "has a name longer than this file system allows")]
     for out, message in cases:
         for dry in ([], ["--dry-run"]):
             assert st.main([str(tiny["yaml"]), "--out", str(out), *dry]) == 2

@@ -36,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+from hpelib.io import output_folder_problem
 from hpelib.signals import exit_status, signal_name, stop_on_signals
 
 _KEYS = ("out_dir", "model", "train", "train_data", "val_data", "test_data", "eval_batch_size")
@@ -127,6 +128,9 @@ def _main(argv=None) -> int:
     out_dir = args.out_dir or cfg.get("out_dir")
     if not out_dir:
         parser.error("set out_dir in the config or pass --out-dir")
+    problem = output_folder_problem(out_dir)
+    if problem:
+        parser.error(f"out_dir {out_dir} {problem}: set another out_dir (or --out-dir)")
     folder = RunFolder(out_dir)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     eval_bs = int(cfg.get("eval_batch_size", 64))

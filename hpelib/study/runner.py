@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from ..io import read_json, write_json, write_text
+from ..io import output_folder_problem, read_json, write_json, write_text
 from ..signals import exit_status, signal_name, stop_on_signals
 from ..runs import CHECKPOINT, FAILED, HISTORY, LOG, METRICS, UNLEARNED_RATIO, RunFolder, unlearned_keys
 from .execute import (RunFolderHeld, damage, error_record, failed_outside_notebook, finished_unobserved,
@@ -97,32 +97,9 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
 
 def _check_out(out: Path) -> None:
     """A results folder this process can create and write into, or one StudyError line saying why not."""
-    existing = out
-    while not _exists(existing):
-        existing = existing.parent
-    if existing != out and not existing.is_dir():
-        raise StudyError(f"--out {out} lies under the file {existing}: pass a folder for the results")
-    if existing == out and not out.is_dir():
-        raise StudyError(f"--out {out} is a file, not a folder: pass a folder for the results")
-    try:
-        limit = os.pathconf(existing, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    long = [part for part in out.relative_to(existing).parts if len(part.encode()) > limit]
-    if long:
-        raise StudyError(f"--out {out}: the name {long[0][:40]}... is longer than this file system allows "
-                         f"({limit} bytes): pass a shorter --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise StudyError(f"--out {out}: cannot write into {existing} (read-only or permission denied): pass "
-                         "--out on storage you can write to")
-
-
-def _exists(path: Path) -> bool:
-    try:
-        os.stat(path)
-    except OSError:  # missing, or a name too long to exist
-        return False
-    return True
+    problem = output_folder_problem(out)
+    if problem:
+        raise StudyError(f"--out {out} {problem}: pass a folder you can write to")
 
 
 def _report(out: Path, planned, echo) -> int:
