@@ -599,6 +599,30 @@ def test_an_unusable_out_is_one_line_and_exit_2_in_dry_run_too(tiny, tmp_path, c
     assert tiny["log"].read_text() == ""  # nothing ran
 
 
+def test_a_finished_study_on_read_only_storage_is_reported_elsewhere_without_a_lock(tiny, tmp_path, monkeypatch):
+    from hpelib.study import runner
+
+    full = '(out / "metrics.json").write_text(json.dumps({"yaw": 2.0, "pitch": 3.0, "roll": 4.0, "mae": 3.0, ' \
+           '"geodesic": 5.0, "n": 1, "train_time_s": 5.0}))\n'  # what the report reads
+    no_predictions = TRAIN_NB.split("# one prediction per fold")[0]  # (one row per run: no error-vs-angle bins)
+    _notebook(tiny["yaml"].parent / "nb" / "train.ipynb", 'spec = {}\nout_dir = "."', no_predictions + full)
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0
+    before = sorted(p.relative_to(tiny["out"]).as_posix() for p in tiny["out"].rglob("*"))
+    out = tiny["out"].resolve()
+    real = runner.output_folder_problem  # a read-only mount, which root cannot make with chmod
+    monkeypatch.setattr(runner, "output_folder_problem",
+                        lambda p: f"cannot be written: {out} is read-only or not yours" if Path(p) == out else real(p))
+    with pytest.raises(st.StudyError, match=r"--out .* cannot be written"):
+        st.run_study(tiny["yaml"], tiny["out"])  # nothing to report elsewhere: refused in one line
+    lines = []
+    assert st.run_study(tiny["yaml"], tiny["out"], report_out=tmp_path / "elsewhere", echo=lines.append) == 0
+    assert "every run is complete" in lines[0] and (tmp_path / "elsewhere" / "results.csv").is_file()
+    assert sorted(p.relative_to(tiny["out"]).as_posix() for p in tiny["out"].rglob("*")) == before  # untouched
+    (tiny["out"] / "baseline/none/lf0.5_s0/metrics.json").unlink()  # not finished: it would have to run
+    with pytest.raises(st.StudyError, match=r"--out .* cannot be written"):
+        st.run_study(tiny["yaml"], tiny["out"], report_out=tmp_path / "elsewhere")
+
+
 def test_jobs_must_be_a_positive_integer(tiny, capsys):
     for bad in ("0", "-3", "two"):
         with pytest.raises(SystemExit) as e:

@@ -40,20 +40,26 @@ def _failure_line(rid: str, err: dict, limit: int) -> str:
 
 def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = False, only: list[str] | None = None,
               force: bool = False, report: bool = True, gpus: str | None = None, echo=print,
-              slurm: SlurmOptions | None = None) -> int:
+              slurm: SlurmOptions | None = None, report_out=None) -> int:
     """Run (or continue) a study; returns the exit status (0: every selected run complete, 130: interrupted).
 
     Each run executes in a child process (``jobs`` at a time, default 1), or,
     with ``slurm``, as a SLURM job (``jobs``: jobs in the queue at once, default
     no bound; see :mod:`hpelib.study.executors`). The results folder is locked
     while the study runs (:class:`~hpelib.study.lock.StudyLock`): a second runner
-    on the same folder stops with an error naming the holder.
+    on the same folder stops with an error naming the holder. ``report_out``:
+    where the report goes (default ``<out>/report``); a finished study on
+    storage this process cannot write (a read-only mount) is reported there
+    without touching ``out``.
     """
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise StudyError(f"--jobs must be an integer >= 1, got {jobs!r}")
     study = load_study(study_path)
     out = Path(out if out is not None else REPO_ROOT / "results" / study["name"]).resolve()
-    _check_out(out)
+    report_out = None if report_out is None else Path(report_out).resolve()
+    if report_out is not None:
+        _check_out(report_out, "--report-out")
+    out_problem = output_folder_problem(out)
     planned = expand(study, out)
     runs = select(planned, only)
     if only and not runs:
@@ -61,6 +67,12 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
     for nb in sorted({r.notebook for r in runs}):
         if not nb.is_file():
             raise StudyError(f"{study['_file']}: notebook {nb} does not exist (set 'notebooks' in the study file)")
+    if out_problem:
+        if report_out is None or force or not all(is_complete(r, out) for r in planned):
+            _check_out(out, "--out")
+        echo(f"study {study['name']}: every run is complete in {out}, which cannot be written ({out_problem}); "
+             f"reporting into {report_out}")
+        return 0 if dry_run or not report else _report(out, planned, echo, report_out)
     if dry_run:
         done = {r.run_id for r in runs if not force and is_complete(r, out)}
         echo(f"study {study['name']}: {len(runs)} runs ({len(done)} complete, {len(runs) - len(done)} to run) -> {out}")
@@ -91,18 +103,18 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
         rc = _summarise(study, out, status, echo)
         if report and study.get("report", True) and any(status[r.run_id]["status"] in DONE
                                                          for r in runs if r.kind == "train"):
-            rc = max(rc, _report(out, planned, echo))
+            rc = max(rc, _report(out, planned, echo, report_out))
     return rc
 
 
-def _check_out(out: Path) -> None:
-    """A results folder this process can create and write into, or one StudyError line saying why not."""
+def _check_out(out: Path, option: str) -> None:
+    """A folder this process can create and write into, or one StudyError line saying why not."""
     problem = output_folder_problem(out)
     if problem:
-        raise StudyError(f"--out {out} {problem}: pass a folder you can write to")
+        raise StudyError(f"{option} {out} {problem}: pass a folder you can write to")
 
 
-def _report(out: Path, planned, echo) -> int:
+def _report(out: Path, planned, echo, report_out: Path | None = None) -> int:
     """Build the report of the study's complete runs (whole study, not only ``--only``); 1 if it fails.
 
     A run whose folder holds results made with other settings (the study changed
@@ -120,8 +132,9 @@ def _report(out: Path, planned, echo) -> int:
     try:
         from ..report import build_report
 
-        build_report(out, out / "report", runs=current, why_not=why_not)
-        echo(f"report: {out / 'report'}")
+        where = report_out or out / "report"
+        build_report(out, where, runs=current, why_not=why_not)
+        echo(f"report: {where}")
         return 0
     except Exception as e:
         echo(f"report failed: {type(e).__name__}: {e}")
@@ -363,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true", help="re-run selected runs even when complete")
     p.add_argument("--no-report", action="store_true", help="do not build <out>/report at the end")
     p.add_argument("--gpus", help="comma-separated GPU ids to share among --jobs workers (default: all visible)")
+    p.add_argument("--report-out", metavar="DIR", help="write the report here instead of <out>/report (a finished "
+                   "study on read-only storage is reported without writing into --out)")
     p.add_argument("--executor", choices=("local", "slurm"), default="local",
                    help="local: child processes (default); slurm: one SLURM job per run, through submitit")
     slurm = p.add_argument_group("SLURM (--executor slurm; see docs/STUDY.md, 'On a SLURM cluster')")
@@ -395,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         **{f.name: getattr(a, f"slurm_{f.name}") for f in dataclasses.fields(SlurmOptions)})
     try:
         return run_study(a.study, a.out, jobs=a.jobs, dry_run=a.dry_run, only=a.only, force=a.force,
-                         report=not a.no_report, gpus=a.gpus, slurm=options)
+                         report=not a.no_report, gpus=a.gpus, slurm=options, report_out=a.report_out)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
