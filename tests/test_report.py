@@ -197,12 +197,38 @@ def test_baseline_init_choice(tmp_path):
     assert t2.loc["pretrain", "delta_pct"] == pytest.approx(50.0)
 
 
+def test_a_baseline_scenario_with_several_variants_has_one_reference(tmp_path):
+    """baseline: [{}, {method: long60}]: every Δ is against baseline/none, said in the headers; long60 is a row
+    (and a paired test) of its own; no row appears twice."""
+    for seed in range(3):
+        write_run(tmp_path, f"b{seed}", scenario="baseline", method="none", seed=seed, mae=10.0 + 0.1 * seed)
+        write_run(tmp_path, f"l{seed}", scenario="baseline", method="long60", seed=seed, mae=8.0 + 0.1 * seed)
+        write_run(tmp_path, f"p{seed}", scenario="pretrain", method="rotation", seed=seed, mae=9.0 + 0.2 * seed)
+    df = collect_quiet(tmp_path)
+    t = report.error_table(df).set_index("method")
+    assert sorted(t.index) == ["long60", "none", "rotation"]  # once each
+    assert np.isnan(t.loc["none", "delta_pct"]) and set(t["reference"]) == {"baseline/none"}
+    assert t.loc["long60", "delta_pct"] == pytest.approx(100 * (8.1 - 10.1) / 10.1, abs=0.01)
+    assert t.loc["rotation", "delta_pct"] == pytest.approx(100 * (9.2 - 10.1) / 10.1, abs=0.01)
+    md, tex = report.to_markdown(report.error_table(df)), report.to_latex(report.error_table(df))
+    assert "| Δ vs baseline/none (%) |" in md and "vs baseline/none;" in md
+    assert r"$\Delta$ vs baseline/none (\%)" in tex
+    tests = report.paired_tests(df).set_index("method")
+    assert sorted(tests.index) == ["long60", "rotation"] and set(tests["reference"]) == {"baseline/none"}
+    assert tests.loc["long60", "mean_diff"] == pytest.approx(-2.0) and tests.loc["long60", "n_pairs"] == 3
+    assert "MAE of baseline/none with the same seed" in report.paired_tests_markdown(report.paired_tests(df))
+    against_long = report.error_table(df, reference="long60").set_index("method")
+    assert np.isnan(against_long.loc["long60", "delta_pct"]) and against_long.loc["none", "delta_pct"] > 0
+    with pytest.raises(ValueError, match="reference baseline 'long90' is not a method of scenario 'baseline'"):
+        report.error_table(df, reference="long90")
+
+
 def test_markdown_and_latex(tree):
     t = report.error_table(collect_quiet(tree))
     md = report.to_markdown(t)
     lines = md.splitlines()
     header = next(line for line in lines if line.startswith("| Labels"))
-    assert "Scenario" in header and "MAE" in header and "Δ vs baseline (%)" in header
+    assert "Scenario" in header and "MAE" in header and "Δ vs baseline/none (%)" in header
     assert "Backbone" not in header and "backbone: resnet18" in md  # constant -> caption
     aux = [line for line in lines if "| auxiliary | jigsaw |" in line]
     assert len(aux) == 2 and any("**8.00 ± 0.10**" in line and "-20.0" in line for line in aux)

@@ -476,6 +476,15 @@ def test_a_variant_sets_its_own_image_size_and_training_data_options(tiny):
             st.load_study(tiny["yaml"])
 
 
+def test_reference_baseline_must_be_a_baseline_variant(tiny):
+    text = tiny["yaml"].read_text().replace("  baseline: [{}]", "  baseline: [{}, {method: long, train: {epochs: 2}}]")
+    tiny["yaml"].write_text(text + "reference_baseline: long\n")
+    assert st.load_study(tiny["yaml"])["reference_baseline"] == "long"
+    tiny["yaml"].write_text(text + "reference_baseline: longer\n")
+    with pytest.raises(st.StudyError, match=r"reference_baseline: 'longer' is not a method of the baseline scenario"):
+        st.load_study(tiny["yaml"])
+
+
 def test_the_runner_leaves_its_own_process_alone(tiny):
     """Kernel environment and stderr are set in the child process, never in the caller's."""
     text = tiny["yaml"].read_text().replace("  pretrain: [{pretrain: rotation}, {pretrain: jigsaw}]\n", "")

@@ -25,13 +25,16 @@ def _first(lines: list[str], k: int = 3) -> str:
 
 def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, baseline: str = "baseline",
                  baseline_init: str | None = None, angles: Sequence[str] = ("yaw", "pitch"),
-                 runs: Iterable | None = None, why_not: dict | None = None) -> dict[str, Path]:
+                 runs: Iterable | None = None, why_not: dict | None = None,
+                 reference: str | None = None) -> dict[str, Path]:
     """Write every table and figure of a study into ``out_dir``; returns ``{name: path}``.
 
     ``runs``: the run ids (folders relative to ``results_dir``) to report, e.g.
     those of one study; None: every run folder under ``results_dir``.
     ``why_not``: ``{run id: reason}`` of the study's runs that are not
     reported (failed, unfinished), listed in ``warnings.md`` with the reason.
+    ``reference``: the method of the ``baseline`` scenario that every Δ is
+    against (default: ``none``, its plain variant).
 
     Files: ``results.csv``, ``warnings.md`` (always: the runs left out with
     the reason, see :func:`collect`, and the :func:`study_warnings`; "none"
@@ -53,7 +56,7 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, bas
     fresh = out.with_name(f".{out.name}.new-{os.getpid()}")
     shutil.rmtree(fresh, ignore_errors=True)
     try:
-        paths = _write_report(results_dir, fresh, out, baseline, baseline_init, angles, runs, why_not)
+        paths = _write_report(results_dir, fresh, out, baseline, baseline_init, angles, runs, why_not, reference)
     except Exception as e:
         shutil.rmtree(fresh, ignore_errors=True)
         if out.is_dir():
@@ -77,7 +80,8 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, bas
     return {name: out / path.relative_to(fresh) for name, path in paths.items()}
 
 
-def _write_report(results_dir, out: Path, final: Path, baseline, baseline_init, angles, runs, why_not) -> dict:
+def _write_report(results_dir, out: Path, final: Path, baseline, baseline_init, angles, runs, why_not,
+                  reference) -> dict:
     """:func:`build_report`'s files, written into ``out`` (``final``: where they will be, for the messages)."""
     runs = None if runs is None else list(runs)  # read twice: by the tables and by the predictions
     df, left_out = collect_with_left_out(results_dir, runs, stacklevel=4, why_not=why_not)
@@ -95,10 +99,10 @@ def _write_report(results_dir, out: Path, final: Path, baseline, baseline_init, 
         warnings.warn(f"{len(notes['mixed_settings'])} error-table row(s) average runs with different training "
                       f"settings (marked ‡, listed in {listed}): " + _first(notes["mixed_settings"]),
                       UserWarning, stacklevel=3)
-    table = error_table(df, baseline=baseline, baseline_init=baseline_init)
+    table = error_table(df, baseline=baseline, baseline_init=baseline_init, reference=reference)
     paths["error_table_md"] = write_text(out / "error_table.md", to_markdown(table))
     paths["error_table_tex"] = write_text(out / "error_table.tex", to_latex(table))
-    tests = paired_tests(df, baseline=baseline, baseline_init=baseline_init)
+    tests = paired_tests(df, baseline=baseline, baseline_init=baseline_init, reference=reference)
     paths["paired_tests_csv"] = atomic_write(out / "paired_tests.csv", lambda tmp: tests.to_csv(tmp, index=False))
     paths["paired_tests_md"] = write_text(out / "paired_tests.md", paired_tests_markdown(tests))
     figures = [("error_by_method", lambda: plot_error_by_method(df)),

@@ -22,6 +22,28 @@ SETTING_KEYS = ("test_set", "backbone", "label_fraction")
 ROW_KEYS = SETTING_KEYS + ("scenario", "method", "init")
 
 
+def reference_method(df: pd.DataFrame, baseline: str = "baseline", reference: str | None = None) -> str | None:
+    """The method of the ``baseline`` scenario that every Δ is against: ``reference`` if given, else ``none``
+    (the plain variant) when the scenario has it, else its first method; None without baseline runs.
+
+    The scenario's other variants (a longer schedule, a same-steps control) are rows like any other method.
+    """
+    methods = sorted(set(df.loc[df["scenario"] == baseline, "method"].astype(str)))
+    if not methods:
+        return None
+    if reference is not None:
+        if reference not in methods:
+            raise ValueError(f"reference baseline {reference!r} is not a method of scenario {baseline!r}: "
+                             f"{methods}")
+        return reference
+    return "none" if "none" in methods else methods[0]
+
+
+def is_reference(df: pd.DataFrame, baseline: str, method: str | None) -> pd.Series:
+    """Rows of ``df`` that are the reference baseline (scenario ``baseline``, method ``method``)."""
+    return (df["scenario"] == baseline) & (df["method"].astype(str) == str(method))
+
+
 def require_columns(df: pd.DataFrame, what: str) -> None:
     """Raise ``ValueError`` unless ``df`` has the row keys, ``seed`` and ``mae`` of a results table."""
     missing = [c for c in ROW_KEYS + ("seed", "mae") if c not in df]

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..io import atomic_write
 from ..metrics import ANGLE_NAMES
-from .columns import require_columns, sort_rows
+from .columns import is_reference, reference_method, require_columns, sort_rows
 from .stats import mean_ci
 
 
@@ -111,7 +111,7 @@ def plot_error_by_method(df: pd.DataFrame, metric: str = "mae", label_fraction: 
             cols.append(colors[g["scenario"].iloc[0]])
         x = np.arange(len(labels))
         ax.bar(x, means, yerr=halves, color=cols, capsize=4, edgecolor="black", linewidth=0.5)
-        base = s[s["scenario"] == "baseline"]
+        base = s[is_reference(s, "baseline", reference_method(s))]
         if not base.empty:
             ax.axhline(base[metric].mean(), color="grey", linestyle="--", linewidth=1, label="baseline mean")
         ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
@@ -226,7 +226,8 @@ def plot_pretrain_budget(df: pd.DataFrame, metric: str = "mae", test_set: str | 
     for ax, ts in zip(axes, sets):
         s = sub[sub["test_set"] == ts]
         for (method, lf), rows in series.items():
-            base = s[(s["scenario"] == "baseline") & (s["label_fraction"] == lf)].assign(pretrain_epochs=0)
+            base = s[is_reference(s, "baseline", reference_method(s)) & (s["label_fraction"] == lf)]
+            base = base.assign(pretrain_epochs=0)
             g = pd.concat([base, rows[rows["test_set"].astype(str) == ts]])
             pts = [(e, *mean_ci(gg[metric].to_numpy(float))) for e, gg in g.groupby("pretrain_epochs")]
             if not pts:

@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .columns import ROW_KEYS, SETTING_KEYS, fmt_key, key_frame, require_columns, signed, sort_rows, unkey
+from .columns import (ROW_KEYS, SETTING_KEYS, fmt_key, is_reference, key_frame, reference_method, require_columns,
+                      signed, sort_rows, unkey)
 from .tables import attach_baseline_init, markdown_row
 
 _COLUMNS = list(ROW_KEYS) + ["baseline_init", "n_pairs", "mean_diff", "ci_low", "ci_high", "std_diff", "t_p",
-                             "t_p_less", "t_p_holm", "wilcoxon_p_less", "beats_baseline", "note"]
+                             "t_p_less", "t_p_holm", "wilcoxon_p_less", "beats_baseline", "note", "reference"]
 
 
 def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -75,7 +76,7 @@ def _compare(keys: tuple, g: pd.DataFrame, metric: str) -> dict:
 
 
 def paired_tests(df: pd.DataFrame, baseline: str = "baseline", alpha: float = 0.05,
-                 baseline_init: str | None = None, metric: str = "mae") -> pd.DataFrame:
+                 baseline_init: str | None = None, metric: str = "mae", reference: str | None = None) -> pd.DataFrame:
     """Paired comparison of every (scenario, method, init) with the baseline, across seeds.
 
     Runs are paired by seed within a setting (test set, backbone, label
@@ -91,14 +92,19 @@ def paired_tests(df: pd.DataFrame, baseline: str = "baseline", alpha: float = 0.
     with ``n_pairs >= 6``, else NaN), ``beats_baseline`` (``t_p_holm < alpha``)
     and ``note``. With fewer than 2 pairs, or differences of zero variance,
     the p-values are NaN, ``beats_baseline`` is False and ``note`` says why.
+    The baseline is one variant of the ``baseline`` scenario
+    (:func:`~hpelib.report.columns.reference_method`, named in column
+    ``reference``); the scenario's other variants are compared with it too.
     """
     require_columns(df, "paired_tests")
     k = key_frame(df)
-    base = k[k["scenario"] == baseline]
+    ref_method = reference_method(k, baseline, reference)
+    reference_rows = is_reference(k, baseline, ref_method)
+    base = k[reference_rows]
     if base.empty:
         warnings.warn(f"no '{baseline}' runs: no paired tests", UserWarning, stacklevel=2)
         return pd.DataFrame(columns=_COLUMNS)
-    others = k[k["scenario"] != baseline].copy()
+    others = k[~reference_rows].copy()
     others["baseline_init"] = attach_baseline_init(others, base, baseline_init)
     on = list(SETTING_KEYS) + ["baseline_init", "seed"]
     ref = base[list(SETTING_KEYS) + ["init", "seed", metric]].rename(
@@ -109,6 +115,7 @@ def paired_tests(df: pd.DataFrame, baseline: str = "baseline", alpha: float = 0.
     for _, family in tests.groupby(list(SETTING_KEYS), sort=False, dropna=False):
         tests.loc[family.index, "t_p_holm"] = holm(family["t_p_less"])
     tests["beats_baseline"] = tests["t_p_holm"].lt(alpha)
+    tests["reference"] = f"{baseline}/{ref_method}"
     return sort_rows(unkey(tests)).reset_index(drop=True)
 
 
@@ -121,7 +128,8 @@ def paired_tests_markdown(tests: pd.DataFrame) -> str:
     """
     header = ["Test set", "Labels", "Scenario", "Method", "Init", "pairs", "mean Δ MAE (°)", "± detectable",
               "t-test p (one-sided)", "Holm p", "Wilcoxon p", "beats baseline", "note"]
-    lines = ["Δ: MAE of the method minus MAE of the baseline with the same seed, averaged over seeds (degrees, "
+    against = str(tests["reference"].iloc[0]) if "reference" in tests and len(tests) else "the baseline"
+    lines = [f"Δ: MAE of the method minus MAE of {against} with the same seed, averaged over seeds (degrees, "
              "negative = better), with its 95% t-interval; ± detectable: the interval's half-width, about the "
              "smallest difference these seeds can tell apart from zero. Holm p: the one-sided t-test p after "
              "Holm's correction across the variants compared with the baseline at the same test set and labels; "

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from .checks import UNLEARNED_RATIO, unlearned_mask
-from .columns import ROW_KEYS, SETTING_KEYS, fmt_key, key_frame, require_columns, signed, sort_rows, unkey
+from .columns import (ROW_KEYS, SETTING_KEYS, fmt_key, is_reference, key_frame, reference_method, require_columns,
+                      signed, sort_rows, unkey)
 
 
 # --------------------------------------------------------------------------- baseline lookup
@@ -39,7 +40,8 @@ def attach_baseline_init(rows: pd.DataFrame, base: pd.DataFrame, baseline_init: 
 
 
 # --------------------------------------------------------------------------- error table
-def error_table(df: pd.DataFrame, baseline: str = "baseline", baseline_init: str | None = None) -> pd.DataFrame:
+def error_table(df: pd.DataFrame, baseline: str = "baseline", baseline_init: str | None = None,
+                reference: str | None = None) -> pd.DataFrame:
     """The paper's error table: one row per setting x (scenario, method, init).
 
     Key columns: test_set, backbone, label_fraction, scenario, method, init.
@@ -55,6 +57,10 @@ def error_table(df: pd.DataFrame, baseline: str = "baseline", baseline_init: str
     predictor, see :data:`UNLEARNED_RATIO`), ``mixed_settings`` (its runs have
     different ``settings`` fingerprints) and ``flag`` ("†", "‡", "†‡" or ""),
     the mark :func:`to_markdown` and :func:`to_latex` put after the MAE.
+    Δ is against one variant of the ``baseline`` scenario
+    (:func:`~hpelib.report.columns.reference_method`: ``reference``, else the
+    plain one); its other variants are rows with their own Δ. Column
+    ``reference`` names it (``baseline/none``), and so do the Δ headers.
     """
     require_columns(df, "error_table")
     if df.empty:
@@ -70,19 +76,21 @@ def error_table(df: pd.DataFrame, baseline: str = "baseline", baseline_init: str
     agg["flag"] = [("†" if u else "") + ("‡" if m else "") for u, m in zip(agg["unlearned"], agg["mixed_settings"])]
     agg = agg.reset_index()
 
-    base = agg[agg["scenario"] == baseline]
+    ref = reference_method(agg, baseline, reference)
+    base = agg[is_reference(agg, baseline, ref)]
+    agg["reference"] = None if ref is None else f"{baseline}/{ref}"
     if base.empty:
         warnings.warn(f"no '{baseline}' runs: the Δ vs baseline column is left empty", UserWarning, stacklevel=2)
         agg["baseline_init"] = None
         agg["delta_pct"] = np.nan
     else:
         agg["baseline_init"] = attach_baseline_init(agg, base, baseline_init)
-        ref = base[list(SETTING_KEYS) + ["init", "mae_mean"]].rename(
+        ref_rows = base[list(SETTING_KEYS) + ["init", "mae_mean"]].rename(
             columns={"init": "baseline_init", "mae_mean": "_base_mae"})
-        agg = agg.merge(ref, on=list(SETTING_KEYS) + ["baseline_init"], how="left")
+        agg = agg.merge(ref_rows, on=list(SETTING_KEYS) + ["baseline_init"], how="left")
         agg["delta_pct"] = 100.0 * (agg["mae_mean"] - agg["_base_mae"]) / agg["_base_mae"]
         agg = agg.drop(columns="_base_mae")
-    agg.loc[agg["scenario"] == baseline, "delta_pct"] = np.nan
+    agg.loc[is_reference(agg, baseline, ref), "delta_pct"] = np.nan
 
     for m, col in zip(("yaw", "pitch", "roll", "mae"), ("Yaw", "Pitch", "Roll", "MAE")):
         agg[col] = [_pm(a, b) for a, b in zip(agg[f"{m}_mean"], agg[f"{m}_std"])]
@@ -117,7 +125,7 @@ def _layout(table: pd.DataFrame, pm: str):
             shown.append((key, title))
         else:
             constant.append(f"{title.lower()}: {fmt_key(values.iloc[0])}")
-    header = [t for _, t in shown] + ["seeds"] + list(_DISPLAY_VALUES)
+    header = [t for _, t in shown] + ["seeds"] + list(_DISPLAY_VALUES[:-1]) + [f"Δ vs {_reference(table)} (%)"]
     # best (lowest mean MAE) per setting
     best = key_frame(table).groupby(list(SETTING_KEYS))["mae_mean"].transform("min")
     is_best = np.isclose(table["mae_mean"].to_numpy(float), best.to_numpy(float))
@@ -130,6 +138,12 @@ def _layout(table: pd.DataFrame, pm: str):
         body.append(cells)
     marks = list(table["flag"]) if "flag" in table else [""] * len(table)
     return header, body, constant, is_best, marks
+
+
+def _reference(table: pd.DataFrame) -> str:
+    """What the Δ of a table is against: ``baseline/none`` (``baseline`` for a table without the column)."""
+    names = table["reference"].dropna().unique() if "reference" in table else []
+    return str(names[0]) if len(names) else "baseline"
 
 
 def _mark_notes(marks: Sequence[str]) -> list[str]:
@@ -153,8 +167,8 @@ def to_markdown(table: pd.DataFrame, bold_best: bool = True) -> str:
     """
     header, body, constant, is_best, marks = _layout(table, "±")
     mae_col = header.index("MAE")
-    caption = ("Mean absolute error in degrees (mean ± std over seeds); Δ: relative change of MAE vs baseline; "
-               + _SEEDS)
+    caption = (f"Mean absolute error in degrees (mean ± std over seeds); Δ: relative change of MAE vs "
+               f"{_reference(table)}; " + _SEEDS)
     if constant:
         caption += " " + "; ".join(constant) + "."
     lines = [caption, *_mark_notes(marks), ""]
@@ -191,9 +205,9 @@ def to_latex(table: pd.DataFrame, bold_best: bool = True, label: str = "tab:hpe-
     mae_col = header.index("MAE")
     n_keys = len(header) - 6
     head = [_tex(h) for h in header]
-    head[-1] = r"$\Delta$ vs baseline (\%)"
+    head[-1] = rf"$\Delta$ vs {_tex(_reference(table))} (\%)"
     caption = ("Mean absolute error in degrees (mean $\\pm$ std over seeds); $\\Delta$: relative change "
-               f"of MAE against the baseline (negative is better); {_tex(_SEEDS)}")
+               f"of MAE against {_tex(_reference(table))} (negative is better); {_tex(_SEEDS)}")
     if constant:
         caption += " " + _tex("; ".join(constant)) + "."
     caption = " ".join([caption] + [_tex(n) for n in _mark_notes(marks)])

@@ -72,7 +72,7 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
             _check_out(out, "--out")
         echo(f"study {study['name']}: every run is complete in {out}, which cannot be written ({out_problem}); "
              f"reporting into {report_out}")
-        return 0 if dry_run or not report else _report(out, planned, echo, report_out)
+        return 0 if dry_run or not report else _report(study, out, planned, echo, report_out)
     if dry_run:
         done = {r.run_id for r in runs if not force and is_complete(r, out)}
         echo(f"study {study['name']}: {len(runs)} runs ({len(done)} complete, {len(runs) - len(done)} to run) -> {out}")
@@ -103,7 +103,7 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
         rc = _summarise(study, out, status, echo)
         if report and study.get("report", True) and any(status[r.run_id]["status"] in DONE
                                                          for r in runs if r.kind == "train"):
-            rc = max(rc, _report(out, planned, echo, report_out))
+            rc = max(rc, _report(study, out, planned, echo, report_out))
     return rc
 
 
@@ -114,7 +114,7 @@ def _check_out(out: Path, option: str) -> None:
         raise StudyError(f"{option} {out} {problem}: pass a folder you can write to")
 
 
-def _report(out: Path, planned, echo, report_out: Path | None = None) -> int:
+def _report(study: dict, out: Path, planned, echo, report_out: Path | None = None) -> int:
     """Build the report of the study's complete runs (whole study, not only ``--only``); 1 if it fails.
 
     A run whose folder holds results made with other settings (the study changed
@@ -133,7 +133,7 @@ def _report(out: Path, planned, echo, report_out: Path | None = None) -> int:
         from ..report import build_report
 
         where = report_out or out / "report"
-        build_report(out, where, runs=current, why_not=why_not)
+        build_report(out, where, runs=current, why_not=why_not, reference=study.get("reference_baseline"))
         echo(f"report: {where}")
         return 0
     except Exception as e:

@@ -43,6 +43,8 @@ TOP_KEYS = {
     "kfold": "{k: K, seed: S}: train on K-1 folds of data.train, test on the held-out fold (every image tested "
              "once); validation: V tests on a V-th of the training folds instead (choosing a recipe)",
     "report": "false to skip the report at the end",
+    "reference_baseline": "the method of the baseline scenario that every Δ is against (default: its plain "
+                          "variant, 'none'); the scenario's other variants are rows like any method",
     "timeout_s": "per-cell execution timeout of the notebooks (default: none)",
     "imports": "Python modules with your own registered SSL tasks, backbones, pose heads or data sets "
                "(the study file's folder is searched first); imported by the runner and by every run",
@@ -227,6 +229,11 @@ def load_study(path: str | os.PathLike, env: dict[str, str] | None = None, check
         scenarios = {}
     study["scenarios"] = {str(name): _check_scenario(name, sc, study, default_seeds, f"scenarios.{name}", problems)
                           for name, sc in scenarios.items()}
+    ref = study.get("reference_baseline")
+    if ref is not None:
+        methods = [v["method"] for v in study["scenarios"].get("baseline", {}).get("variants", [])]
+        if str(ref) not in methods:
+            problems.add("reference_baseline", f"{ref!r} is not a method of the baseline scenario: {methods}")
     problems.raise_if_any()
     return study
 
