@@ -771,3 +771,33 @@ def test_unlearned_key_in_metrics_is_read_and_the_report_check_rules(tmp_path):
     assert got == {("flat", "synthetic"): True, ("says_clean", "synthetic"): True,
                    ("several", "aflw2000"): False, ("several", "biwi"): True}
     assert "unlearned" in report.RESULT_COLUMNS and df["unlearned"].dtype == bool
+
+
+def test_the_paper_table_of_methods_and_ways_of_using_ssl(tmp_path):
+    """Rows = SSL methods, columns = pre-training / auxiliary / both; each cell MAE, Δ% and its interval, * when
+    the Holm-corrected paired test passes; — where a way was not run; the same as LaTeX."""
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        noise = rng.normal(0, 0.05, 5)
+        write_run(tmp_path, f"b{seed}", scenario="baseline", method="none", seed=seed, mae=10.0 + seed)
+        write_run(tmp_path, f"pr{seed}", scenario="pretrain", method="rotation", seed=seed, mae=8.0 + seed + noise[0])
+        write_run(tmp_path, f"pj{seed}", scenario="pretrain", method="jigsaw", seed=seed, mae=10.2 + seed + noise[1])
+        write_run(tmp_path, f"ar{seed}", scenario="auxiliary", method="rotation", seed=seed, mae=9.9 + seed + noise[2])
+        write_run(tmp_path, f"c{seed}", scenario="combined", method="rotation+jigsaw", seed=seed,
+                  mae=7.5 + seed + noise[3])
+    df = collect_quiet(tmp_path)
+    t = report.paper_table(df).set_index("method")
+    assert sorted(t.index) == ["jigsaw", "rotation", "rotation+jigsaw"] and set(t["reference"]) == {"baseline/none"}
+    rot = t.loc["rotation"]
+    assert rot["pretrain_mae"] == pytest.approx(df[df.method.eq("rotation") & df.scenario.eq("pretrain")].mae.mean())
+    assert rot["pretrain_delta_pct"] == pytest.approx(100 * (rot["pretrain_mae"] - 11.0) / 11.0)
+    assert rot["pretrain_ci_low_pct"] < rot["pretrain_delta_pct"] < rot["pretrain_ci_high_pct"]
+    assert rot["pretrain"].startswith(f"{rot['pretrain_mae']:.2f} (-18.") and rot["pretrain"].endswith(" *")
+    assert not t.loc["jigsaw", "pretrain"].endswith("*")  # worse than the baseline: no mark
+    assert t.loc["jigsaw", "auxiliary"] == "—" and t.loc["rotation+jigsaw", "pretrain"] == "—"
+    assert t.loc["rotation+jigsaw", "combined"].endswith(" *")
+    md = report.paper_table_markdown(report.paper_table(df))
+    assert "| SSL method | pre-training | auxiliary | both |" in md and "against baseline/none" in md
+    assert md.count("\n| ") == 5  # header, separator and 3 methods
+    tex = report.paper_table_latex(report.paper_table(df))
+    assert r"\begin{tabular}{lrrr}" in tex and r"$^{*}$" in tex and r"\%" in tex and "—" not in tex

@@ -67,7 +67,7 @@ from .columns import RESULT_COLUMNS
 from .figures import (plot_error_by_method, plot_error_vs_angle, plot_label_efficiency, plot_pretrain_budget,
                       save_figure)
 from .stats import paired_tests, paired_tests_markdown
-from .tables import error_table, to_latex, to_markdown
+from .tables import error_table, paper_table, paper_table_latex, paper_table_markdown, to_latex, to_markdown
 
 __all__ = [
     "METRIC_KEYS",
@@ -83,6 +83,9 @@ __all__ = [
     "error_table",
     "to_markdown",
     "to_latex",
+    "paper_table",
+    "paper_table_markdown",
+    "paper_table_latex",
     "paired_tests",
     "paired_tests_markdown",
     "plot_error_by_method",

@@ -14,7 +14,7 @@ from .collect import collect_predictions, collect_with_left_out, write_results_t
 from .figures import (budget_series, plot_error_by_method, plot_error_vs_angle, plot_label_efficiency,
                       plot_pretrain_budget, save_figure)
 from .stats import paired_tests, paired_tests_markdown
-from .tables import error_table, to_latex, to_markdown
+from .tables import error_table, paper_table, paper_table_latex, paper_table_markdown, to_latex, to_markdown
 
 
 def _first(lines: list[str], k: int = 3) -> str:
@@ -39,7 +39,9 @@ def build_report(results_dir: str | os.PathLike, out_dir: str | os.PathLike, bas
     Files: ``results.csv``, ``warnings.md`` (always: the runs left out with
     the reason, see :func:`collect`, and the :func:`study_warnings`; "none"
     when clean), ``error_table.md``, ``error_table.tex``,
-    ``paired_tests.csv``, ``paired_tests.md``, ``error_by_method.png/.pdf``,
+    ``paired_tests.csv``, ``paired_tests.md``, ``paper_table.md/.tex`` (when
+    an SSL variant was run: :func:`~hpelib.report.tables.paper_table`),
+    ``error_by_method.png/.pdf``,
     ``label_efficiency.png/.pdf``, ``pretrain_budget.png/.pdf`` when a
     pre-training method was run with several budgets and, when runs saved
     predictions, ``error_vs_<angle>.png/.pdf``. The runs left out, unlearned
@@ -105,6 +107,10 @@ def _write_report(results_dir, out: Path, final: Path, baseline, baseline_init, 
     tests = paired_tests(df, baseline=baseline, baseline_init=baseline_init, reference=reference)
     paths["paired_tests_csv"] = atomic_write(out / "paired_tests.csv", lambda tmp: tests.to_csv(tmp, index=False))
     paths["paired_tests_md"] = write_text(out / "paired_tests.md", paired_tests_markdown(tests))
+    ways = paper_table(df, baseline=baseline, baseline_init=baseline_init, reference=reference)
+    if not ways.empty:  # some SSL variant was run: the paper's table of methods x ways of using SSL
+        paths["paper_table_md"] = write_text(out / "paper_table.md", paper_table_markdown(ways))
+        paths["paper_table_tex"] = write_text(out / "paper_table.tex", paper_table_latex(ways))
     figures = [("error_by_method", lambda: plot_error_by_method(df)),
                ("label_efficiency", lambda: plot_label_efficiency(df))]
     if budget_series(df):

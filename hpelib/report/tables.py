@@ -222,3 +222,103 @@ def to_latex(table: pd.DataFrame, bold_best: bool = True, label: str = "tab:hpe-
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- the paper's table
+PAPER_COLUMNS = (("pretrain", "pre-training"), ("auxiliary", "auxiliary"), ("combined", "both"))
+
+
+def paper_table(df: pd.DataFrame, baseline: str = "baseline", baseline_init: str | None = None,
+                reference: str | None = None, alpha: float = 0.05) -> pd.DataFrame:
+    """The paper's table: rows = SSL methods, columns = the way SSL is used (pre-training, auxiliary, both).
+
+    One row per setting (test set, backbone, label fraction) and method label
+    (a combined variant's label, ``rotation+jigsaw``, is a row of its own in
+    the ``both`` column). Each cell: the MAE mean over seeds, its relative
+    change against the reference baseline (:func:`error_table`'s Δ) and the
+    95% interval of that change (the paired interval of
+    :func:`~hpelib.report.stats.paired_tests` divided by the baseline's MAE),
+    then ``*`` when the variant beats the baseline (Holm-corrected one-sided
+    paired t-test, p < ``alpha``); "—" where the variant was not run. Numeric
+    columns ``<scenario>_mae``, ``<scenario>_delta_pct``,
+    ``<scenario>_ci_low_pct``, ``<scenario>_ci_high_pct``,
+    ``<scenario>_beats`` back each cell; ``reference`` names the baseline.
+    """
+    from .stats import paired_tests
+
+    errors = error_table(df, baseline=baseline, baseline_init=baseline_init, reference=reference)
+    tests = paired_tests(df, baseline=baseline, baseline_init=baseline_init, reference=reference, alpha=alpha)
+    base = errors[is_reference(errors, baseline, reference_method(errors, baseline, reference))]
+    base_mae = {tuple(r[k] for k in SETTING_KEYS): r["mae_mean"] for _, r in base.iterrows()}
+    keys = list(SETTING_KEYS) + ["scenario", "method"]
+    tested = {tuple(r[k] for k in keys): r for _, r in tests.iterrows()}
+    rows: dict[tuple, dict] = {}
+    for _, r in errors[errors["scenario"].isin([s for s, _ in PAPER_COLUMNS])].iterrows():
+        setting = tuple(r[k] for k in SETTING_KEYS)
+        row = rows.setdefault(setting + (r["method"],), dict(zip(SETTING_KEYS, setting), method=r["method"]))
+        t = tested.get(setting + (r["scenario"], r["method"]))
+        ref = base_mae.get(setting, np.nan)
+        s = r["scenario"]
+        row[f"{s}_mae"], row[f"{s}_delta_pct"] = r["mae_mean"], r["delta_pct"]
+        row[f"{s}_ci_low_pct"] = 100 * t["ci_low"] / ref if t is not None else np.nan
+        row[f"{s}_ci_high_pct"] = 100 * t["ci_high"] / ref if t is not None else np.nan
+        row[f"{s}_beats"] = bool(t["beats_baseline"]) if t is not None else False
+    out = pd.DataFrame(list(rows.values()))
+    if out.empty:
+        return out
+    for s, title in PAPER_COLUMNS:
+        for col in ("mae", "delta_pct", "ci_low_pct", "ci_high_pct"):
+            out[f"{s}_{col}"] = out.get(f"{s}_{col}", np.nan)
+        out[f"{s}_beats"] = out.get(f"{s}_beats", False)
+        out[s] = [_paper_cell(*(r[f"{s}_{c}"] for c in ("mae", "delta_pct", "ci_low_pct", "ci_high_pct", "beats")))
+                  for _, r in out.iterrows()]
+    out["reference"] = errors["reference"].iloc[0] if len(errors) else None
+    return out
+
+
+def _paper_cell(mae, delta, low, high, beats) -> str:
+    if mae is None or not np.isfinite(mae):
+        return "—"
+    ci = f" [{signed(low)}, {signed(high)}]" if np.isfinite(low) and np.isfinite(high) else ""
+    return f"{mae:.2f} ({signed(delta)}%{ci}){' *' if beats is True else ''}"
+
+
+def _paper_layout(table: pd.DataFrame):
+    keys = [(k, t) for k, t in (("test_set", "Test set"), ("backbone", "Backbone"), ("label_fraction", "Labels"))
+            if table[k].nunique() > 1]
+    header = [t for _, t in keys] + ["SSL method"] + [title for _, title in PAPER_COLUMNS]
+    body = [[fmt_key(r[k]) for k, _ in keys] + [str(r["method"])] + [r[s] for s, _ in PAPER_COLUMNS]
+            for _, r in table.iterrows()]
+    constant = [f"{t.lower()}: {fmt_key(table[k].iloc[0])}" for k, t in
+                (("test_set", "Test set"), ("backbone", "Backbone"), ("label_fraction", "Labels"))
+                if table[k].nunique() == 1]
+    return header, body, constant
+
+
+def _paper_caption(table: pd.DataFrame) -> str:
+    return (f"MAE in degrees (mean over seeds) of each SSL method used as pre-training, as an auxiliary loss, "
+            f"and both; in brackets its change against {_reference(table)} with the 95% interval of the paired "
+            f"difference; *: better than {_reference(table)} (one-sided paired t-test, Holm-corrected, p < 0.05); "
+            f"—: not run.")
+
+
+def paper_table_markdown(table: pd.DataFrame) -> str:
+    """Markdown of :func:`paper_table`: a caption line, then the table."""
+    header, body, constant = _paper_layout(table)
+    caption = _paper_caption(table) + (" " + "; ".join(constant) + "." if constant else "")
+    lines = [caption, "", "| " + " | ".join(header) + " |", "| " + " | ".join(["---"] * len(header)) + " |"]
+    lines += [markdown_row(cells) for cells in body]
+    return "\n".join(lines) + "\n"
+
+
+def paper_table_latex(table: pd.DataFrame, label: str = "tab:ssl-ways") -> str:
+    """LaTeX (booktabs) of :func:`paper_table`."""
+    header, body, constant = _paper_layout(table)
+    caption = _tex(_paper_caption(table) + (" " + "; ".join(constant) + "." if constant else ""))
+    n_keys = len(header) - len(PAPER_COLUMNS)
+    out = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
+           r"\begin{tabular}{" + "l" * n_keys + "r" * len(PAPER_COLUMNS) + "}", r"\toprule",
+           " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
+    out += [" & ".join(_tex(c).replace(" *", r"$^{*}$") for c in cells) + r" \\" for cells in body]
+    out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(out) + "\n"
