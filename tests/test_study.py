@@ -485,6 +485,28 @@ def test_reference_baseline_must_be_a_baseline_variant(tiny):
         st.load_study(tiny["yaml"])
 
 
+def test_an_optional_imagenet_variant_is_skipped_in_one_line_without_cached_weights(tiny, tmp_path, monkeypatch):
+    from hpelib.models.backbones import imagenet_weights_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch cache
+    text = tiny["yaml"].read_text().replace(
+        "  baseline: [{}]", "  baseline: [{}, {method: imagenet, optional: true, model: {backbone: resnet18, "
+                            "init: imagenet}}]")
+    tiny["yaml"].write_text(text)
+    lines = []
+    assert st.run_study(tiny["yaml"], tiny["out"], dry_run=True, echo=lines.append) == 0
+    weights = imagenet_weights_file("resnet18")
+    assert lines[0] == (f"SKIPPED baseline/imagenet (optional): the ImageNet weights of resnet18 are not in the "
+                        f"torch cache ({weights}); put them there (download "
+                        f"https://download.pytorch.org/models/resnet18-f37072fd.pth on a machine with internet "
+                        f"access) to run it")
+    assert not any("baseline/imagenet/" in line for line in lines)
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"cached")  # present: the variant is planned (nothing reads the file to plan)
+    ids = [r.run_id for r in st.expand(st.load_study(tiny["yaml"]), tiny["out"])]
+    assert "baseline/imagenet/lf0.5_s0" in ids
+
+
 def test_the_runner_leaves_its_own_process_alone(tiny):
     """Kernel environment and stderr are set in the child process, never in the caller's."""
     text = tiny["yaml"].read_text().replace("  pretrain: [{pretrain: rotation}, {pretrain: jigsaw}]\n", "")

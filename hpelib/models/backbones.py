@@ -52,7 +52,7 @@ from hpelib.registry import Registry
 from .files import plain_state_dict, read_checkpoint
 
 __all__ = ["BACKBONES", "BUILTIN_INITS", "STEMS", "build_backbone", "check_backbone", "is_checkpoint_init",
-           "NarrowResNet18", "load_backbone_checkpoint", "IMAGENET_WEIGHTS"]
+           "NarrowResNet18", "load_backbone_checkpoint", "IMAGENET_WEIGHTS", "imagenet_weights_file"]
 
 BACKBONES = Registry("backbone", supplied=("init", "stem"))
 """The backbone constructors by name; add one with ``@BACKBONES.register(name)`` (see the module doc)."""
@@ -106,9 +106,14 @@ class NarrowResNet18(ResNet):
                 nn.init.constant_(m.bias, 0)
 
 
+def imagenet_weights_file(name: str) -> Path:
+    """Where torchvision keeps backbone ``name``'s ImageNet weights once downloaded (the torch hub cache)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET_WEIGHTS[name].url)
+
+
 def _imagenet_state_dict(name: str) -> dict:
     weights = IMAGENET_WEIGHTS[name]
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    hub = imagenet_weights_file(name).parent
     fname = os.path.basename(weights.url)
     try:
         return load_state_dict_from_url(weights.url, progress=False, check_hash=True)

@@ -99,9 +99,14 @@ def expand(study: dict, out) -> list[Run]:
     train_runs: list[Run] = []
     problems: dict[str, list[str]] = {}
     kfold = study.get("kfold")
+    study["_skipped"] = {}  # optional variants that cannot run here: {scenario/method: why}
     for scenario, sc in study["scenarios"].items():
         for v in sc["variants"]:
             model = {**study["model"], **sc["model"], **v["model"]}
+            missing = _unavailable(model)
+            if v["optional"] and missing:
+                study["_skipped"][f"{scenario}/{v['method']}"] = missing
+                continue
             for fr in sc["label_fractions"]:
                 tcfg = {**study["train"], **fr["train"], **sc["train"], **v["train"]}
                 for seed in fr["seeds"]:
@@ -144,6 +149,20 @@ def expand(study: dict, out) -> list[Run]:
         r.fingerprint = _fp(parts)
         fingerprints[r.run_id] = r.fingerprint
     return runs
+
+
+def _unavailable(model: dict) -> str | None:
+    """What a run with these model settings needs and this machine lacks (ImageNet weights not in the torch
+    cache: nothing is downloaded to find out), or None."""
+    from ..models.backbones import IMAGENET_WEIGHTS, imagenet_weights_file
+
+    backbone = model.get("backbone", "resnet50")
+    if model.get("init") == "imagenet" and backbone in IMAGENET_WEIGHTS:
+        path = imagenet_weights_file(backbone)
+        if not path.is_file():
+            return (f"the ImageNet weights of {backbone} are not in the torch cache ({path}); put them there "
+                    f"(download {IMAGENET_WEIGHTS[backbone].url} on a machine with internet access) to run it")
+    return None
 
 
 def _inside(obj, out: Path):

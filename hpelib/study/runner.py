@@ -61,6 +61,8 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
         _check_out(report_out, "--report-out")
     out_problem = output_folder_problem(out)
     planned = expand(study, out)
+    for variant, why in study["_skipped"].items():
+        echo(f"SKIPPED {variant} (optional): {why}")
     runs = select(planned, only)
     if only and not runs:
         raise StudyError(f"{study['_file']}: no run id matches --only {only} (see --dry-run for the ids)")

@@ -51,7 +51,8 @@ TOP_KEYS = {
 }
 DATA_KEYS = {"pretrain", "train", "test"}
 SCENARIO_KEYS = {"variants", "label_fractions", "seeds", "model", "train", "description"}
-VARIANT_KEYS = {"pretrain", "pretrain_train", "aux", "method", "model", "train", "image_size", "train_data"}
+VARIANT_KEYS = {"pretrain", "pretrain_train", "aux", "method", "model", "train", "image_size", "train_data",
+                "optional"}
 KFOLD_KEYS = {"k", "seed", "validation"}
 
 
@@ -443,7 +444,7 @@ def _check_scenario(name, sc, study, default_seeds, where, problems: _Problems) 
         out_variants.append({"pretrain": pre, "pretrain_train": pre_train, "aux": aux, "method": label,
                              "model": _model_block(v.get("model"), vw + ".model", problems),
                              "train": _train_block(v.get("train"), vw + ".train", problems),
-                             "image_size": size, "train_data": train_data})
+                             "image_size": size, "train_data": train_data, "optional": bool(v.get("optional"))})
     seeds = _seed_list(sc["seeds"], where + ".seeds", problems) if "seeds" in sc else None
     fracs = (_fraction_list(sc["label_fractions"], seeds or default_seeds, where + ".label_fractions", problems)
              if "label_fractions" in sc else
