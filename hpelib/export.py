@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .io import DiskFullError, atomic_write
+from .io import DiskFullError, atomic_write, output_folder_problem
 from .models import InputSpec, load_pose_model
 from .models.inputs import ANGLE_CONVENTION
 
@@ -121,6 +121,7 @@ def export(checkpoint, out_path=None, format: str = "onnx", opset: int | None = 
     opset = DEFAULT_OPSET if opset is None else opset
     if opset not in OPSETS:
         raise ValueError(f"ONNX opset {opset} is not supported; use one of {OPSETS.start}..{OPSETS.stop - 1}")
+    _check_out_path(out_path, format)
     checkpoint, model, spec = load_pose_model(checkpoint)
     meta = ExportMetadata(spec, model.config.to_dict(), str(checkpoint))
     out = Path(out_path) if out_path is not None else checkpoint.parent / FORMATS[format]
@@ -181,6 +182,22 @@ def _export_onnx(module: PoseModule, meta: ExportMetadata, out: Path, opset: int
         onnx.save(proto, tmp)
 
     return atomic_write(out, write)
+
+
+def _check_out_path(out_path, format: str) -> None:
+    """``ValueError`` (one line) for an ``--out`` that does not fit the format or cannot be written."""
+    if out_path is None:
+        return
+    out = Path(out_path)
+    onnx_suffix = out.suffix.lower() == ".onnx"
+    if (format == "onnx") != onnx_suffix and (onnx_suffix or out.suffix.lower() in (".pt", ".pth", ".ts")):
+        raise ValueError(f"--out {out} does not fit --format {format}: name an ONNX file *.onnx and a TorchScript "
+                         f"file *.pt (or pass the other --format)")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: name the file to write, e.g. {out / FORMATS[format]}")
+    problem = output_folder_problem(out.parent if str(out.parent) else ".")
+    if problem:
+        raise ValueError(f"--out {out}: its folder {out.parent} {problem}")
 
 
 def _export_torchscript(module: PoseModule, meta: ExportMetadata, out: Path) -> Path:

@@ -163,8 +163,15 @@ def test_errors_name_the_file_and_the_choices(tmp_path, pretrained):
 @pytest.mark.parametrize("argv, message", [
     (["--format", "tflite"], "the formats are onnx, torchscript"),
     ([], "is not a pose model"),
+    (["--format", "torchscript", "--out", "x.onnx"], "--out x.onnx does not fit --format torchscript"),
+    (["--out", "model.ts.pt"], "--out model.ts.pt does not fit --format onnx"),
+    (["--out", "{tmp}"], "is a folder: name the file to write"),
+    (["--out", "{file}/model.onnx"], "its folder {file} is a file, not a folder"),
 ])
-def test_the_command_prints_one_error_line_and_exits_2(pretrained, capsys, argv, message):
+def test_the_command_prints_one_error_line_and_exits_2(pretrained, capsys, argv, message, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    fill = {"tmp": str(tmp_path), "file": str(tmp_path / "a_file")}
+    argv, message = [a.format(**fill) for a in argv], message.format(**fill)
     assert main(["--checkpoint", str(pretrained), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err

@@ -235,9 +235,11 @@ def test_checkpoint_and_input_errors_are_one_line(model_pt, tmp_path, capsys):
                                                                     "without a pose head", "head pose run"]),
              (["--checkpoint", tmp_path / "empty.pt", picture], ["empty.pt (0 bytes) is empty"]),
              (["--checkpoint", tmp_path / "nothing.pt", picture], ["nothing.pt does not exist"]),
-             (["--checkpoint", model_pt, picture, tmp_path / "missing.jpg"], ["input path not found", "missing.jpg"])]
+             (["--checkpoint", model_pt, picture, tmp_path / "missing.jpg"], ["input path not found", "missing.jpg"]),
+             (["--checkpoint", model_pt, picture, "--out", picture], [f"--out {picture} is a file, not a folder"]),
+             (["--checkpoint", model_pt, picture, "--out", picture / "out"], [f"lies under the file {picture}"])]
     for argv, messages in cases:
-        status, _, err = run(capsys, *argv, "--out", tmp_path / "out")
+        status, _, err = run(capsys, *argv, *([] if "--out" in argv else ["--out", tmp_path / "out"]))
         assert status == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
         assert all(m in err for m in messages), err
     assert not (tmp_path / "out" / "predictions.csv").exists()  # a missing input stops the run before it starts

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from ..models.files import UnreadableCheckpoint
+from ..io import output_folder_problem
 from ..signals import exit_status, signal_name, stop_on_signals
 
 __all__ = ["main", "build_parser"]
@@ -51,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the command; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
+    problem = output_folder_problem(args.out)
+    if problem:
+        print(f"error: --out {args.out} {problem}: pass a folder you can write to", file=sys.stderr)
+        return 2
     from .detect import HaarDetector
     from .files import predict_files
     from .predictor import Predictor
