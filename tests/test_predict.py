@@ -1,6 +1,7 @@
 """hpelib.predict: a trained model on your own pictures and videos (python -m hpelib.predict)."""
 from __future__ import annotations
 
+import io
 import json
 from fractions import Fraction
 from pathlib import Path
@@ -290,6 +291,22 @@ def test_predictor_api_with_given_boxes_crops_and_a_plugged_detector(crops, mode
         Predictor(model_pt, detector=object())
     with pytest.raises(ValueError, match="face box"):
         predictor.predict_image(pictures[0], boxes=[(5, 5, 1, 1)])
+    h, w = pictures[0].shape[:2]
+    with pytest.raises(ValueError, match=rf"lies wholly outside the {w}x{h} picture"):
+        predictor.predict_image(pictures[0], boxes=[(w + 5, 0, w + 50, 40)])
+    with pytest.raises(ValueError, match="an empty picture"):
+        predictor.predict_image(np.zeros((0, 10, 3), np.uint8))
+    # a PIL picture is turned upright by its EXIF orientation, as the command line does
+    h, w = h, w // 2  # not square: a sideways picture has other sides
+    upright = Image.fromarray(np.ascontiguousarray(pictures[0][:, :w]))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera stores, with orientation 8 to undo it
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", exif=exif.tobytes(), quality=100)
+    tagged = Image.open(io.BytesIO(buffer.getvalue()))
+    assert tagged.size == (h, w) and h != w  # stored sideways
+    assert predictor.predict_image(tagged)[0].box == (0.0, 0.0, float(w), float(h))  # read upright
 
 
 def test_box_correction_fit_and_merging():

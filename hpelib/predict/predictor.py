@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..data.crops import to_rgb8
 from .detect import Detection, FaceDetector, make_detector
@@ -44,12 +44,20 @@ class FacePose:
 
 
 def as_rgb(image) -> np.ndarray:
-    """A PIL image or an ``[H, W]`` / ``[H, W, 3]`` uint8 array as a uint8 ``[H, W, 3]`` RGB array."""
-    arr = np.asarray(to_rgb8(image) if isinstance(image, Image.Image) else image)
+    """A PIL image or an ``[H, W]`` / ``[H, W, 3]`` uint8 array as a uint8 ``[H, W, 3]`` RGB array.
+
+    A PIL image is turned upright by its EXIF orientation, as the command line does, and converted from any
+    mode (:func:`hpelib.data.crops.to_rgb8`); an empty picture is a ValueError.
+    """
+    if isinstance(image, Image.Image):
+        image = to_rgb8(ImageOps.exif_transpose(image))
+    arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=-1)
     if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
         raise ValueError(f"expected an RGB picture (uint8 [H, W, 3] array or PIL image), got {arr.dtype} {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"an empty picture (shape {arr.shape}): nothing to find a face in")
     return arr
 
 
@@ -59,6 +67,15 @@ def _checked_box(box) -> tuple:
     if len(values) != 4 or not np.isfinite(values).all() or values[2] <= values[0] or values[3] <= values[1]:
         raise ValueError(f"a face box must be 4 finite numbers x0, y0, x1, y1 with x1 > x0 and y1 > y0, got {box}")
     return values
+
+
+def _inside_picture(box: tuple, rgb: np.ndarray) -> tuple:
+    """``box``, refused when it lies wholly outside the picture (its pose would be that of padding)."""
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = box
+    if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+        raise ValueError(f"the face box {box} lies wholly outside the {w}x{h} picture")
+    return box
 
 
 class Predictor:
@@ -86,7 +103,7 @@ class Predictor:
         it is cropped as a face crop (:meth:`hpelib.models.InputSpec.crop` with no box).
         """
         if boxes is not None:
-            return [Detection(_checked_box(box)) for box in boxes]
+            return [Detection(_inside_picture(_checked_box(box), rgb)) for box in boxes]
         if self.detector is not None:
             return list(self.detector.detect(rgb))
         return [_whole(rgb)]
