@@ -171,6 +171,28 @@ def test_a_video_gives_an_annotated_video_and_a_row_per_face_and_frame(model_pt,
 
 
 # -- face crops and bad inputs -------------------------------------------------------------------------------------
+def test_a_video_cut_short_keeps_its_rows_and_says_so(model_pt, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(30)]
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as container:  # the index first, as on the web
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    data = whole.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    status, out, err = run(capsys, "--checkpoint", model_pt, tmp_path / "cut.mp4", "--out", tmp_path / "out",
+                           "--cropped", "--no-draw")
+    rows = read_rows(tmp_path / "out")
+    assert status == 1 and 0 < len(rows) < 30, (out, err)
+    assert f"warning: {tmp_path / 'cut.mp4'}: the video ended after {len(rows)} of its 30 frames" in err
+    assert "1 videos ended early" in out and "ended before their last frame" in err
+    status, _, err = run(capsys, "--checkpoint", model_pt, whole, "--out", tmp_path / "out2", "--cropped", "--no-draw")
+    assert status == 0 and "ended" not in err and len(read_rows(tmp_path / "out2")) == 30
+
+
 def test_cropped_folder_gives_the_numbers_of_evaluate(crops, model_pt, tmp_path, capsys):
     folder, ds = crops
     status, out, _ = run(capsys, "--checkpoint", model_pt, folder, "--out", tmp_path / "out", "--cropped")

@@ -2,7 +2,9 @@
 
 Exit status: 0 when every file was read; 1 when some could not be decoded
 (each named on its own ``error:`` line as it happens, and listed at the end;
-the rows of the others are written); 2 for a problem found before any file
+the rows of the others are written) or a video ended before the frame count
+its container announces (a cut file: its first frames' rows are written, a
+``warning:`` line names it); 2 for a problem found before any file
 is read (a missing input, an unusable checkpoint, a bad boxes file, a
 missing optional package), as one ``error:`` line; 130 on Ctrl-C (the rows
 written so far are kept).
@@ -12,8 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..models.files import UnreadableCheckpoint
 from ..io import output_folder_problem
+from ..models.files import UnreadableCheckpoint
 from ..signals import exit_status, signal_name, stop_on_signals
 
 __all__ = ["main", "build_parser"]
@@ -78,5 +80,8 @@ def main(argv=None) -> int:
     if summary.failed:
         print(f"error: {len(summary.failed)} files could not be read: "
               + ", ".join(file for file, _ in summary.failed), file=sys.stderr)
-        return 1
-    return 0
+    if summary.truncated:
+        print(f"error: {len(summary.truncated)} videos ended before their last frame: "
+              + ", ".join(f"{file} ({read} of {count} frames)" for file, read, count in summary.truncated),
+              file=sys.stderr)
+    return 1 if summary.failed or summary.truncated else 0

@@ -42,9 +42,11 @@ class Summary:
     frames: int = 0
     faces: int = 0
     failed: list = field(default_factory=list)
+    truncated: list = field(default_factory=list)  # [(file, frames read, frames the container announced)]
 
     def line(self) -> str:
-        return (f"{self.files} files ({len(self.failed)} failed), {self.frames} frames, {self.faces} faces; "
+        short = f", {len(self.truncated)} videos ended early" if self.truncated else ""
+        return (f"{self.files} files ({len(self.failed)} failed{short}), {self.frames} frames, {self.faces} faces; "
                 f"rows in {self.csv_path}")
 
 
@@ -139,6 +141,10 @@ def _events(files: list[InputFile], summary: Summary, log, progress: bool) -> It
                     for index, rgb in video:
                         yield _Frame(item, index, rgb, video.rate)
                         bar.update()
+                    if video.count and video.read < video.count:  # a cut file decodes its first frames silently
+                        summary.truncated.append((item.name, video.read, video.count))
+                        log(f"warning: {item.name}: the video ended after {video.read} of its {video.count} frames "
+                            "(truncated?); the rows cover the frames read")
             else:
                 yield _Frame(item, 0, read_image(item.path), None)
         except UnreadableInput as err:

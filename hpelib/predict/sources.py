@@ -98,7 +98,8 @@ class VideoFrames:
             raise UnreadableInput(f"{self.path}: no video stream in the file")
         self.stream = self.container.streams.video[0]
         self.rate = Fraction(self.stream.average_rate or self.stream.guessed_rate or DEFAULT_RATE)
-        self.count = int(self.stream.frames or 0)
+        self.count = int(self.stream.frames or 0)  # what the container says (0: it does not say)
+        self.read = 0
 
     def _unreadable(self, err: Exception) -> UnreadableInput:
         return UnreadableInput(f"{self.path}: cannot decode the video; the file is corrupt or not a video "
@@ -107,6 +108,7 @@ class VideoFrames:
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         try:
             for index, frame in enumerate(self.container.decode(self.stream)):
+                self.read = index + 1
                 yield index, frame.to_ndarray(format="rgb24")
         except self._errors as err:
             raise self._unreadable(err) from None
