@@ -275,6 +275,10 @@ def test_a_bad_boxes_file_is_named_with_its_line(model_pt, tmp_path, capsys):
     boxes.write_text(f"file,x0,y0,x1,y1\n{picture},1,1,20,20\n{picture},5,5,2,20\n")
     status, _, err = run(capsys, "--checkpoint", model_pt, picture, "--out", tmp_path / "out", "--boxes", boxes)
     assert status == 2 and f"boxes file {boxes}, line 3" in err and "empty or invalid box" in err
+    boxes.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff binary")  # a picture passed as --boxes by mistake
+    status, _, err = run(capsys, "--checkpoint", model_pt, picture, "--out", tmp_path / "out", "--boxes", boxes)
+    assert status == 2 and err.strip() == (f"error: boxes file {boxes} is not UTF-8 text (byte 0: invalid start "
+                                           "byte); pass a CSV or JSON-lines file with columns file,frame,x0,y0,x1,y1")
 
 
 # -- drawing and the API ---------------------------------------------------------------------------------------------

@@ -57,7 +57,15 @@ def read_boxes(path) -> dict[tuple[str, int], list[tuple]]:
 
 
 def _rows(path: Path):
-    """``(line number, row dict)`` of a CSV or JSON-lines file."""
+    """``(line number, row dict)`` of a CSV or JSON-lines file; a file that is not UTF-8 text is one ValueError."""
+    try:
+        yield from _text_rows(path)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"boxes file {path} is not UTF-8 text (byte {err.start}: {err.reason}); pass a CSV or "
+                         "JSON-lines file with columns file,frame,x0,y0,x1,y1") from None
+
+
+def _text_rows(path: Path):
     with open(path, newline="", encoding="utf-8") as f:
         if path.suffix.lower() in _JSON_SUFFIXES:
             for number, text in enumerate(f, 1):
