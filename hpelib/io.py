@@ -137,12 +137,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], size: Op
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike):
+def file_lock(path: str | os.PathLike, fix: str = "point it at a folder you can write to"):
     """Hold an exclusive advisory lock on ``path`` (created if needed) for the ``with`` block.
 
     For caches that several processes of a study may fill at once: the first
     one builds the entry, the others wait and then find it. Where ``fcntl`` is
-    missing (Windows) it does not lock, which only costs duplicated work.
+    missing (Windows) it does not lock, which only costs duplicated work. A
+    folder this process may not write into is a ``PermissionError`` naming it
+    and ``fix`` (the variable or option that moves the cache).
     """
     try:
         import fcntl
@@ -150,8 +152,12 @@ def file_lock(path: str | os.PathLike):
         yield
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")
+    except PermissionError:
+        raise PermissionError(f"cannot write into {path.parent} (permission denied, or read-only): {fix}") from None
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield

@@ -150,3 +150,23 @@ def test_disk_full_while_writing_text_gives_the_exact_size(tmp_path, monkeypatch
     msg = str(info.value)
     assert "writing 1.2 KiB, " in msg and "at least" not in msg and str(target) in msg
     _assert_kept(tmp_path, target)
+
+
+def test_a_lock_in_a_folder_that_cannot_be_written_names_it_and_the_fix(tmp_path, monkeypatch):
+    import builtins
+
+    from hpelib.io import file_lock
+
+    real_open = builtins.open
+
+    def refusing(path, *args, **kwargs):  # what a shared cache of another user gives (root ignores chmod)
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing)
+    with pytest.raises(PermissionError) as e:
+        with file_lock(tmp_path / "crops.lock", "set HPELIB_CACHE to a folder you can write to"):
+            pass
+    assert str(e.value) == (f"cannot write into {tmp_path} (permission denied, or read-only): set HPELIB_CACHE to a "
+                            "folder you can write to")

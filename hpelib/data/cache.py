@@ -78,7 +78,8 @@ class CropCache:
         """
         if self.exists():
             return self.path
-        with file_lock(self.path.with_suffix(".lock")):
+        with file_lock(self.path.with_suffix(".lock"), "set HPELIB_CACHE (studies) or the data spec's cache_dir "
+                                                       "to a folder you can write to"):
             if not self.exists():
                 self._build(dataset, num_workers)
         return self.path

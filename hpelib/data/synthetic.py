@@ -590,7 +590,8 @@ def generate_synthetic(cache_dir, n: int, size: int, seed: int, batch_size: int 
     cached = _load_cached(img_path, pose_path, n, size)
     if cached is not None:
         return cached
-    with file_lock(img_path.with_suffix(".lock")):  # parallel runs of a study render a set once
+    with file_lock(img_path.with_suffix(".lock"),  # parallel runs of a study render a set once
+                   "set the synthetic data spec's root to a folder you can write to (it is rendered there)"):
         cached = _load_cached(img_path, pose_path, n, size)
         if cached is not None:
             return cached
