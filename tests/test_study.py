@@ -758,3 +758,20 @@ def test_the_report_covers_the_runs_of_this_study_only(tiny, monkeypatch):
     assert calls[0][1]["runs"] == ["baseline/none/lf0.5_s0"]
     assert any(l.startswith("left out of the report: 1 run(s) whose results were made with other settings")
                and l.endswith("baseline/none/lf0.5_s1") for l in lines), lines
+
+
+def test_a_full_disk_when_the_notebook_is_saved_is_named_not_a_bare_oserror(tmp_path, monkeypatch):
+    import errno
+
+    import papermill
+
+    from hpelib.study import notebook_process
+
+    def full(*args, **kwargs):  # what papermill raises when it cannot save the executed notebook
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "train.ipynb"))
+
+    monkeypatch.setattr(papermill, "execute_notebook", full)
+    result = notebook_process.execute("nb.ipynb", str(tmp_path / "train.ipynb"), {}, str(tmp_path))
+    assert result["ok"] is False and result["error"]["ename"] == "DiskFullError"
+    assert result["error"]["evalue"].startswith(f"cannot write {tmp_path / 'train.ipynb'}: the disk is full (")
+    assert "free space and run the study again" in result["error"]["evalue"]

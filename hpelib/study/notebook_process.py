@@ -22,6 +22,7 @@ inside): the runner refuses to start a run whose folder a living process holds.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ RUN_LOCK = ".run.lock"
 #: seconds between two looks at the parent process
 PARENT_POLL_S = 0.5
 _STOPPED: dict = {}  # the signal that stopped this process, once one did
+
 
 def execute(notebook: str, output: str, parameters: dict, cwd: str, timeout_s: float | None = None) -> dict:
     import papermill as pm
@@ -52,7 +54,22 @@ def execute(notebook: str, output: str, parameters: dict, cwd: str, timeout_s: f
                "ename": e.ename, "evalue": str(e.evalue), "cell": source.splitlines()[0] if source else None}
     except Exception as e:  # kernel died, notebook missing, timeout ...
         err = {"cell_index": None, "exec_count": None, "ename": type(e).__name__, "evalue": str(e), "cell": None}
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # papermill could not save the executed notebook
+            err.update(ename="DiskFullError", evalue=_disk_full_line(output, e))
     return {"ok": err is None, "seconds": time.time() - t0, "error": err}
+
+
+def _disk_full_line(output: str, e: OSError) -> str:
+    """What a full disk stopped: the file, the free space, what is kept."""
+    import shutil  # this file also runs as a script: no hpelib imports
+
+    try:
+        free = f"{shutil.disk_usage(Path(output).parent).free / 2**20:.1f} MiB"
+    except OSError:
+        free = "unknown"
+    return (f"cannot write {getattr(e, 'filename', None) or output}: the disk is full ({free} free on "
+            f"{Path(output).parent}); the run's checkpoint and finished files are kept: free space and run the "
+            "study again")
 
 
 def _error_cell_index(output: str, fallback: int) -> int:
