@@ -654,6 +654,20 @@ def test_a_finished_study_on_read_only_storage_is_reported_elsewhere_without_a_l
         st.run_study(tiny["yaml"], tiny["out"], report_out=tmp_path / "elsewhere")
 
 
+def test_a_cache_folder_that_cannot_be_written_is_refused_before_anything_runs(tiny, tmp_path, capsys):
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("")
+    text = tiny["yaml"].read_text().replace("  train: {name: synthetic, n: 8}",
+                                            f"  train: {{name: synthetic, n: 8, cache_dir: {a_file}/cache}}")
+    tiny["yaml"].write_text(text)
+    for dry in ([], ["--dry-run"]):
+        assert st.main([str(tiny["yaml"]), "--out", str(tiny["out"]), *dry]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"data.train.cache_dir: {a_file}/cache lies under the file {a_file}" in err[0]
+        assert "set HPELIB_CACHE or cache_dir" in err[0]
+    assert tiny["log"].read_text() == ""
+
+
 def test_jobs_must_be_a_positive_integer(tiny, capsys):
     for bad in ("0", "-3", "two"):
         with pytest.raises(SystemExit) as e:

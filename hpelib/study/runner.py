@@ -75,6 +75,7 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
         echo(f"study {study['name']}: every run is complete in {out}, which cannot be written ({out_problem}); "
              f"reporting into {report_out}")
         return 0 if dry_run or not report else _report(study, out, planned, echo, report_out)
+    _check_data_folders(study)
     if dry_run:
         done = {r.run_id for r in runs if not force and is_complete(r, out)}
         echo(f"study {study['name']}: {len(runs)} runs ({len(done)} complete, {len(runs) - len(done)} to run) -> {out}")
@@ -107,6 +108,27 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
                                                          for r in runs if r.kind == "train"):
             rc = max(rc, _report(study, out, planned, echo, report_out))
     return rc
+
+
+def _check_data_folders(study: dict) -> None:
+    """The folders the runs will write into besides ``--out`` (crop caches, the rendered synthetic set) must be
+    writable: one StudyError naming the first that is not, and what moves it."""
+    from ..data import DEFAULT_ROOTS
+
+    data = study["data"]
+    specs = [("data.pretrain", data.get("pretrain")), ("data.train", data.get("train"))]
+    specs += [(f"data.test.{name}", spec) for name, spec in (data.get("test") or {}).items()]
+    for where, spec in specs:
+        if not isinstance(spec, dict):
+            continue
+        folders = [("cache_dir", spec.get("cache_dir"), "set HPELIB_CACHE or cache_dir to a folder you can write to")]
+        if spec.get("name") == "synthetic":
+            folders.append(("root", spec.get("root") or DEFAULT_ROOTS["synthetic"],
+                            "the synthetic set is rendered there: set root to a folder you can write to"))
+        for key, folder, fix in folders:
+            problem = folder and output_folder_problem(folder)
+            if problem:
+                raise StudyError(f"{study['_file']}: {where}.{key}: {folder} {problem}: {fix}")
 
 
 def _check_out(out: Path, option: str) -> None:
