@@ -668,6 +668,20 @@ def test_a_cache_folder_that_cannot_be_written_is_refused_before_anything_runs(t
     assert tiny["log"].read_text() == ""
 
 
+def test_a_full_disk_in_the_runner_itself_is_one_line(tiny, monkeypatch, capsys):
+    from hpelib.io import DiskFullError
+    from hpelib.study import runner
+
+    def full(*args, **kwargs):
+        raise DiskFullError(28, f"cannot write {tiny['out']}/study_summary.json: not enough free space", "x")
+
+    monkeypatch.setattr(runner, "_summarise", full)
+    assert st.main([str(tiny["yaml"]), "--out", str(tiny["out"])]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: DiskFullError: cannot write {tiny['out']}/study_summary.json: not enough free")
+    assert "Traceback" not in "\n".join(err)
+
+
 def test_jobs_must_be_a_positive_integer(tiny, capsys):
     for bad in ("0", "-3", "two"):
         with pytest.raises(SystemExit) as e:

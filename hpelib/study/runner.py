@@ -438,6 +438,11 @@ def main(argv: list[str] | None = None) -> int:
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the runner's own writes: a full disk (DiskFullError names the file), permissions
+        where = f" ({e.filename})" if getattr(e, "filename", None) and str(e.filename) not in str(e) else ""
+        print(f"error: {type(e).__name__}: {e}{where}; what is complete is kept: fix it and run the same command "
+              "again", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted before any run started; nothing was changed", file=sys.stderr)
         return 130
