@@ -417,7 +417,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 class SlurmQueue:
-    """This user's jobs in SLURM's queue (``squeue --me``): state and requeue count by job id, one call per poll.
+    """This user's jobs in SLURM's queue (``squeue -u $USER``): state and requeue count by job id, one call a poll.
 
     A failed call is raised as a :class:`StudyError` when the answer is needed
     now (``fresh``); during a poll the previous snapshot is used again.
