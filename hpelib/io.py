@@ -72,9 +72,10 @@ def _disk_full(path: Path, size: int, exact: bool, free: Optional[int]) -> DiskF
     """The :class:`DiskFullError` for writing ``size`` bytes (``exact`` or a lower bound) to ``path``."""
     writing = format_bytes(size) if exact else f"at least {format_bytes(size)}"
     room = "free space unknown" if free is None else f"{format_bytes(free)} free"
+    need = f"writing {writing}, {room}" if size > 0 else room  # "at least 0 bytes" says nothing
     return DiskFullError(
         errno.ENOSPC,
-        f"cannot write {path}: not enough free space (writing {writing}, {room} on {path.parent}). "
+        f"cannot write {path}: not enough free space ({need} on {path.parent}). "
         f"Free space or write elsewhere; the previous {path.name}, if any, is unchanged.",
         str(path))
 

@@ -803,3 +803,23 @@ def test_a_full_disk_when_the_notebook_is_saved_is_named_not_a_bare_oserror(tmp_
     assert result["ok"] is False and result["error"]["ename"] == "DiskFullError"
     assert result["error"]["evalue"].startswith(f"cannot write {tmp_path / 'train.ipynb'}: the disk is full (")
     assert "free space and run the study again" in result["error"]["evalue"]
+
+
+def test_a_notebook_process_that_died_on_a_full_disk_is_named_so(tiny, monkeypatch):
+    from hpelib.study import execute
+
+    run = st.expand(st.load_study(tiny["yaml"]), tiny["out"])[2]
+    folder = execute.prepare_folder(run, tiny["out"])
+    execution = execute.Execution(run, folder, {})
+    execution.process.kill()  # it ends without writing its result
+    execution.process.wait()
+    monkeypatch.setattr(execute, "_free_bytes", lambda folder: 4096)
+    outcome = execution.poll()
+    assert outcome["error"]["ename"] == "DiskFullError"
+    assert outcome["error"]["evalue"] == (f"the notebook process could not write its result into {folder}: the disk "
+                                          "is full (0.0 MiB free); free space and run the study again")
+    execution = execute.Execution(run, folder, {})
+    execution.process.kill()
+    execution.process.wait()
+    monkeypatch.setattr(execute, "_free_bytes", lambda folder: 50 << 30)
+    assert execution.poll()["error"]["ename"] == "ProcessDied"  # room on the disk: killed

@@ -184,8 +184,15 @@ class Execution:
         try:
             result = read_json(self.folder / _RESULT)
         except (OSError, json.JSONDecodeError):
-            result = failed_outside_notebook("ProcessDied", f"the notebook process exited with status {code} without "
-                                                            f"a result (killed? see {self.folder / KERNEL_LOG})")
+            free = _free_bytes(self.folder)
+            if free is not None and free < _NEARLY_FULL:  # it could not write its result: the disk is full
+                result = failed_outside_notebook(
+                    "DiskFullError", f"the notebook process could not write its result into {self.folder}: the disk "
+                                     f"is full ({free / 2**20:.1f} MiB free); free space and run the study again")
+            else:
+                result = failed_outside_notebook(
+                    "ProcessDied", f"the notebook process exited with status {code} without a result (killed? see "
+                                   f"{self.folder / KERNEL_LOG})")
         for name in (_REQUEST, _RESULT):
             (self.folder / name).unlink(missing_ok=True)
         return checked_result(result, self.folder)
@@ -214,6 +221,16 @@ class Execution:
         for name in (_REQUEST, _RESULT):
             (self.folder / name).unlink(missing_ok=True)
         return ended
+
+
+_NEARLY_FULL = 1 << 20  # bytes free below which a missing result is put down to a full disk
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def notebook_request(run: Run, folder: Path, timeout_s: float | None = None) -> dict:
