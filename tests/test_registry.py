@@ -181,7 +181,7 @@ DATASET_OPTIONS_BEFORE = {
     "300w_lp": ["cache_resolution", "color_jitter", "crop_fraction", "drop_invisible_landmarks", "eval_k", "flip",
                 "k_range", "max_angle", "subsets"],
     "aflw2000": ["cache_resolution", "color_jitter", "crop_fraction", "drop_invisible_landmarks", "flip", "k",
-                 "max_angle"],
+                 "k_range", "max_angle"],  # k_range: the random training box, added for k-fold training
     "biwi": ["box_mm", "cache_resolution", "color_jitter", "crop_fraction", "flip", "format", "split_seed",
              "train_fraction"],
     "folder": ["cache_resolution", "color_jitter", "crop_fraction", "extensions", "flip"],
