@@ -63,7 +63,7 @@ from tqdm.auto import tqdm
 from ..io import write_json
 from ..models.files import UnreadableCheckpoint
 from ..runs import CHECKPOINT, HISTORY, LOG, MODEL, divergence
-from ..signals import handling
+from ..signals import SLURM_WARNING, handling
 from . import checkpoint as C
 from . import distributed as D
 from .config import TrainConfig, build_optimizer, build_scheduler
@@ -73,9 +73,10 @@ from .evaluate import predict_dataset, summarize_predictions
 EpochCallback = Callable[[dict], None]
 #: what ``checkpoint.pt`` holds besides the model, needed to resume
 _RESUMABLE = ("epoch", "optimizer", "scheduler", "history", "rng")
-#: signals after which a single-process run saves its state at the next step boundary and stops (SIGUSR2:
-#: SLURM's warning before a time limit, which reaches every process of a job, see :data:`hpelib.signals.SLURM_WARNING`)
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGUSR2") if hasattr(signal, name))
+#: signals after which a single-process run saves its state at the next step boundary and stops (with SLURM's
+#: warning before a time limit, which reaches every process of a job: :data:`hpelib.signals.SLURM_WARNING`)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)) + (
+    (SLURM_WARNING,) if SLURM_WARNING is not None else ())
 
 
 class TrainingStopped(Exception):

@@ -109,9 +109,7 @@ def save_image(rgb: np.ndarray, path) -> Path:
 
     A suffix Pillow cannot write gets ``.png`` added. Returns the path written.
     """
-    path = Path(path)
-    if path.suffix.lower() not in Image.registered_extensions():
-        path = path.with_name(path.name + ".png")
+    path = annotated_name(Path(path), is_video=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rgb).save(path, **({"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}))
     return path

@@ -284,14 +284,12 @@ def _paper_cell(mae, delta, low, high, beats) -> str:
 
 
 def _paper_layout(table: pd.DataFrame):
-    keys = [(k, t) for k, t in (("test_set", "Test set"), ("backbone", "Backbone"), ("label_fraction", "Labels"))
-            if table[k].nunique() > 1]
+    settings = _DISPLAY_KEYS[:3]  # test set, backbone, labels: a column when they vary, else the caption
+    keys = [(k, t) for k, t in settings if table[k].nunique() > 1]
     header = [t for _, t in keys] + ["SSL method"] + [title for _, title in PAPER_COLUMNS]
     body = [[fmt_key(r[k]) for k, _ in keys] + [str(r["method"])] + [r[s] for s, _ in PAPER_COLUMNS]
             for _, r in table.iterrows()]
-    constant = [f"{t.lower()}: {fmt_key(table[k].iloc[0])}" for k, t in
-                (("test_set", "Test set"), ("backbone", "Backbone"), ("label_fraction", "Labels"))
-                if table[k].nunique() == 1]
+    constant = [f"{t.lower()}: {fmt_key(table[k].iloc[0])}" for k, t in settings if table[k].nunique() == 1]
     return header, body, constant
 
 

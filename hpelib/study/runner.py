@@ -204,11 +204,11 @@ def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool, ech
     """
     from tqdm.auto import tqdm
 
+    done = {r.run_id for r in runs if not force and is_complete(r, out)}
     for r in runs:
-        problem = None if force else damage(r, out)
+        problem = None if force or r.run_id in done else damage(r, out)  # a complete run was checked just now
         if problem:
             echo(f"DAMAGED {r.run_id}: {problem}; training it again")
-    done = {r.run_id for r in runs if not force and is_complete(r, out)}
     for r in runs:
         if r.run_id in done and finished_unobserved(r, out):
             write_meta(r, out, complete=True)
