@@ -11,8 +11,9 @@ check runs whatever the others do. The checks (tolerances in the constants below
   under bf16 autocast give float32, finite losses close to an fp32 run's;
 * ``channels-last``: the engine's ``channels_last: auto`` is on for CUDA and
   predicts what the contiguous layout predicts;
-* ``pinned-loader``: the engine's training loader (pinned memory on CUDA)
-  with 2 workers delivers the batches of 0 workers;
+* ``pinned-loader``: the engine's training loader (uint8 items, pinned
+  memory on CUDA) with 2 workers delivers the batches of 0 workers, equal
+  after the finishing step on the device;
 * ``ssl-views``: each task's ``make_views`` on a CUDA batch equals its views
   on the CPU batch for the same CPU generator (what the engine hands it);
 * ``resume``: a run stopped after epoch 1 and resumed ends with the weights
@@ -52,7 +53,7 @@ from torch import nn
 
 from hpelib.data import build_dataset
 from hpelib.engine import TrainConfig, evaluate, train
-from hpelib.engine.data import train_loader
+from hpelib.engine.data import batch_inputs, train_loader
 from hpelib.engine.evaluate import predict_dataset
 from hpelib.models import ModelConfig, build_model
 from hpelib.ssl import TASKS, build_task
@@ -227,13 +228,13 @@ def check_loader(s: Setup) -> str:
     runs = {w: list(train_loader(ds, TrainConfig(batch_size=4, num_workers=w, seed=1), 1, s.device))
             for w in (0, 2)}
     assert len(runs[0]) == len(runs[2]) > 0, f"{len(runs[0])} vs {len(runs[2])} batches"
-    for i, ((x0, p0), (x2, p2)) in enumerate(zip(runs[0], runs[2])):
+    for i, (b0, b2) in enumerate(zip(runs[0], runs[2])):
         if s.cuda:
-            assert x0.is_pinned() and x2.is_pinned(), f"batch {i} is not in pinned memory"
-        same = (torch.equal(x0.to(s.device), x2.to(s.device, non_blocking=True))
-                and torch.equal(p0.to(s.device), p2.to(s.device, non_blocking=True)))
-        assert same, f"batch {i} differs between 0 and 2 workers"
-    return f"{len(runs[0])} batches identical, pinned={s.cuda}"
+            assert b0[0].is_pinned() and b2[0].is_pinned(), f"batch {i} is not in pinned memory"
+        assert b2[0].dtype == torch.uint8, f"batch {i}: the loader moves {b2[0].dtype} images, not uint8"
+        (x0, p0), (x2, p2) = batch_inputs(b0, s.device), batch_inputs(b2, s.device)
+        assert torch.equal(x0, x2) and torch.equal(p0, p2), f"batch {i} differs between 0 and 2 workers"
+    return f"{len(runs[0])} uint8 batches identical after finishing on {s.device}, pinned={s.cuda}"
 
 
 def check_views(s: Setup) -> str:

@@ -4,8 +4,7 @@ cores needed = GPU training images/s / loader samples/s per worker-core.
 
 * Loader samples/s per worker-core: ``benchmarks/loader_speed.py``'s
   measurement with one DataLoader worker, on this machine, at ``--size``
-  (224), for hpelib's loader, the Hopenet-style reference and the prototypes
-  of the proposed change, alternating.
+  (224), for hpelib's loader and the Hopenet-style reference, alternating.
 * GPU images/s: measured when CUDA is available (full training steps of
   ResNet-50 with the binned pose head at 224 px, bf16 autocast, channels_last,
   ``benchmarks/throughput.py``'s ``make_step``/``time_steps``); otherwise the

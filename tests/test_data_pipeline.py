@@ -14,7 +14,8 @@ import hpelib.data.base as data_base
 from hpelib.angles import flip_pose
 from hpelib.data import DataError, build_dataset, denormalize, kfold_subsets, label_subset
 from hpelib.data.crops import AFLW2000_FACTORS, LP300W_FACTORS, crop_resize, enlarge_box, landmark_box
-from hpelib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, square_in_box, to_tensor
+from hpelib.data.transforms import IMAGENET_MEAN, IMAGENET_STD, finish_batch, jitter_batch, square_in_box, to_tensor
+from hpelib.engine.data import batch_inputs, make_loader
 
 
 # ------------------------------------------------------------------ geometry
@@ -90,6 +91,76 @@ def test_color_jitter_changes_pixels_not_labels(tiny_biwi_npz):
     b = build_dataset("biwi", color_jitter=0.3, **kw)[1]
     torch.testing.assert_close(a[1], b[1])
     assert (a[0] - b[0]).abs().max() > 0.01
+
+
+# ------------------------------------------------------------------ the uint8 pipeline
+def _sequential_jitter(image: np.ndarray, b: float, c: float, s: float) -> np.ndarray:
+    """Brightness, contrast, saturation one after the other, in float64, clipped at the end (the written recipe)."""
+    w = np.array([0.299, 0.587, 0.114])
+    x = image.astype(np.float64) * b
+    m = (x @ w).mean()
+    x = (x - m) * c + m
+    g = (x @ w)[..., None]
+    return np.clip(g + (x - g) * s, 0, 255)
+
+
+def test_jitter_batch_is_brightness_contrast_saturation_in_turn():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 10, 12, 3), dtype=np.uint8)
+    factors = torch.tensor([[1.2, 0.8, 1.1], [0.7, 1.3, 0.9], [1.0, 1.0, 1.0]])
+    got = jitter_batch(torch.from_numpy(images).permute(0, 3, 1, 2), factors).permute(0, 2, 3, 1).numpy()
+    for k in range(3):
+        np.testing.assert_allclose(got[k], _sequential_jitter(images[k], *factors[k].tolist()), atol=2e-3)
+    np.testing.assert_array_equal(got[2], images[2].astype(np.float32))  # factors 1: the pixels untouched
+
+
+def test_raw_items_are_uint8_and_batches_finish_as_items_do(tiny_300w_lp):
+    """Loader batches (uint8 items, jitter + normalisation on the batch) equal ``dataset[i]`` item by item."""
+    ds = build_dataset("300w_lp", root=tiny_300w_lp, train=True, image_size=24, seed=3, color_jitter=0.3)
+    ds.set_epoch(1)
+    image, pose, factors = ds.raw_item(0)
+    assert image.dtype == torch.uint8 and image.shape == (3, 24, 24) and factors.shape == (3,)
+    assert not torch.equal(factors, torch.ones(3))
+    cpu = torch.device("cpu")
+    loader = make_loader(ds, 2, shuffle=False, num_workers=2, device=cpu, drop_last=False)
+    images = torch.cat([batch_inputs(b, cpu)[0] for b in loader])
+    expected = torch.stack([ds[i][0] for i in range(len(ds))])
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-5)
+    last = next(iter(make_loader(ds, 2, shuffle=False, num_workers=0, device=cpu, drop_last=False)))
+    torch.testing.assert_close(finish_batch(last[0], last[2], channels_last=True), expected[:2], rtol=0, atol=1e-5)
+
+
+def test_training_images_stay_within_the_documented_difference_to_pillow(tiny_300w_lp):
+    """torch's resize of the whole-pixel square vs Pillow's resize of the sub-pixel square (docs/ENGINE.md)."""
+    ds = build_dataset("300w_lp", root=tiny_300w_lp, train=True, image_size=24, seed=0)
+    diffs = []
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            base, square, rng = ds.training_square(i)
+            pillow = torch.from_numpy(crop_resize(base, square, 24).copy()).permute(2, 0, 1)
+            pillow = pillow.flip(-1) if rng.random() < 0.5 else pillow
+            diffs.append((ds.raw_item(i)[0].int() - pillow.int()).abs().flatten())
+    d = torch.cat(diffs).float()
+    assert float(d.mean()) <= 2.0 and float(torch.quantile(d, 0.99)) <= 12
+
+
+def test_a_data_set_of_finished_items_still_trains(tiny_aflw2000):
+    """A user's own data set returning (normalised image, pose), without ``raw_item``, goes through the engine."""
+    ds = build_dataset("aflw2000", root=tiny_aflw2000, train=False, image_size=24)
+
+    class Finished(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(ds)
+
+        def __getitem__(self, i):
+            return ds[i]
+
+    cpu = torch.device("cpu")
+    batch = next(iter(make_loader(Finished(), 4, shuffle=False, num_workers=0, device=cpu, drop_last=False)))
+    images, poses = batch_inputs(batch, cpu)
+    torch.testing.assert_close(images, torch.stack([ds[i][0] for i in range(len(ds))]), rtol=0, atol=0)
+    assert poses.dtype == torch.float32
 
 
 # ------------------------------------------------------------------ determinism

@@ -6,6 +6,7 @@ import torch
 from hpelib.data import build_dataset
 from hpelib.data.crops import AFLW2000_FACTORS
 from hpelib.data.transforms import EVAL_CROP_FRACTION
+from hpelib.engine.data import batch_inputs, make_loader
 from hpelib.models import InputSpec, read_input_spec
 from hpelib.models.inputs import input_spec_of
 
@@ -17,6 +18,10 @@ def test_a_face_box_is_cropped_exactly_as_the_test_set_crops_it(tiny_aflw2000):
                                                                                    EVAL_CROP_FRACTION)
     for i in range(len(ds)):  # the picture and its tight face box -> the very tensor evaluate() sees
         assert torch.equal(spec.crop(ds.load(i), ds.face_boxes.boxes[i]), ds[i][0])
+    # and the engine's batches (uint8 items, finished on the device) are the same tensors
+    loader = make_loader(ds, 3, shuffle=False, num_workers=0, device=torch.device("cpu"), drop_last=False)
+    images = torch.cat([batch_inputs(b, torch.device("cpu"))[0] for b in loader])
+    assert torch.equal(images, torch.stack([spec.crop(ds.load(i), ds.face_boxes.boxes[i]) for i in range(len(ds))]))
 
 
 def test_a_face_crop_without_box_is_taken_whole_as_whole_picture_sets_do(tmp_path):

@@ -3,7 +3,11 @@
 ``PoseDataset`` item ``i`` is ``(image, pose)``: ``FloatTensor[3, S, S]``
 (RGB, ImageNet-normalized) and ``FloatTensor[3]`` (yaw, pitch, roll) degrees,
 NaN when unlabeled. Attributes: ``poses`` (float32 ``[N, 3]``), ``names``
-(relative paths or ids), ``set_epoch(epoch)``.
+(relative paths or ids), ``set_epoch(epoch)``. ``raw_item(i)`` is what the
+engine's loaders move: ``(uint8 [3, S, S], pose, jitter factors [3])``;
+``dataset[i]`` is that item finished by
+:func:`hpelib.data.transforms.finish_item` (jitter and normalisation), the
+step the engine runs on whole batches on the training device.
 
 How an item is made
     1. *Base crop* (deterministic, cacheable): for evaluation, the preset's
@@ -14,7 +18,8 @@ How an item is made
     2. *Augmentation* (training only), from ``numpy.random.default_rng([seed,
        epoch, index])``: the random region (300W-LP: ``k`` in ``[0.2, 0.4)``),
        the preset's random square in it, mapped into the base crop's pixels
-       and resized to ``S``; then flip (+ label flip) and colour jitter.
+       and resized to ``S`` (:func:`~hpelib.data.crops.crop_resize_chw`);
+       then flip (+ label flip) and the colour jitter factors.
 
     Whole-image data sets (folders, ``.npz`` arrays, synthetic) have no
     region: the image is treated as if first resized to a square, and the
@@ -32,10 +37,10 @@ from typing import Callable, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from .crops import box_in_box, crop_resize, enlarge_box, load_image
-from .transforms import EvalPreset, centred_square
+from .crops import box_in_box, crop_resize, crop_resize_chw, enlarge_box, load_image
+from .transforms import EvalPreset, centred_square, finish_item, to_chw
 
-__all__ = ["FixedRegions", "RandomEnlarge", "FileSource", "ArraySource", "PoseDataset", "make_rng"]
+__all__ = ["FixedRegions", "RandomEnlarge", "FileSource", "ArraySource", "PoseDataset", "make_rng", "raw_item"]
 
 UNIT_BOX = np.array([0.0, 0.0, 1.0, 1.0])
 
@@ -43,6 +48,16 @@ UNIT_BOX = np.array([0.0, 0.0, 1.0, 1.0])
 def make_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     """The augmentation generator of one item: a pure function of (seed, epoch, index)."""
     return np.random.default_rng([int(seed), int(epoch), int(index)])
+
+
+def raw_item(dataset, index: int):
+    """``dataset.raw_item(index)`` when the data set has one (hpelib's), else ``dataset[index]``.
+
+    A data set of the user's own that returns ``(normalised float image,
+    pose)`` items keeps working in the engine: finished items pass through.
+    """
+    get = getattr(dataset, "raw_item", None)
+    return get(index) if get is not None else dataset[index]
 
 
 def _digest(*parts) -> str:
@@ -181,13 +196,28 @@ class PoseDataset(Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int):
+        """``(normalised FloatTensor[3, S, S], pose)``: :meth:`raw_item` finished as the engine finishes batches."""
+        image, pose, factors = self.raw_item(index)
+        return finish_item(image, factors), pose
+
+    def raw_item(self, index: int):
+        """``(uint8 [3, S, S] image, pose [3], jitter factors [3])``: the item the engine's loaders move."""
         index = int(index)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a data set of {len(self)}")
-        base = self.base_crop(index)
         pose = self.poses[index]
         if not self.preset.train:
-            return self.preset.finish(base, pose)
+            return self.preset.finish(to_chw(self.base_crop(index)), pose)
+        base, square, rng = self.training_square(index)
+        return self.preset.finish(crop_resize_chw(base, square, self.preset.size), pose, rng)
+
+    def training_square(self, index: int):
+        """``(base crop, square in its pixels, generator)`` of training item ``index`` at the current epoch.
+
+        The generator has drawn the geometry (region, square) and goes on
+        with the preset's flip and jitter draws.
+        """
+        base = self.base_crop(index)
         rng = make_rng(self.seed, self.epoch, index)
         region = self.regions.region(index, rng)
         outer = self.regions.outer(index)
@@ -195,8 +225,7 @@ class PoseDataset(Dataset):
             square = self.preset.square(UNIT_BOX, rng) * self.base_size
         else:
             square = box_in_box(self.preset.square(region, rng), outer, self.base_size)
-        image = crop_resize(base, square, self.preset.size)
-        return self.preset.finish(image, pose, rng)
+        return base, square, rng
 
     # -- base crops --------------------------------------------------------
     def cache_key(self) -> str:

@@ -12,6 +12,8 @@ import numbers
 import numpy as np
 from torch.utils.data import Dataset
 
+from .base import raw_item
+
 __all__ = ["IndexSubset", "label_subset", "kfold_subsets", "validation_subsets", "labelled_indices"]
 
 
@@ -32,6 +34,9 @@ class IndexSubset(Dataset):
 
     def __getitem__(self, j):
         return self.dataset[int(self.indices[j])]
+
+    def raw_item(self, j):
+        return raw_item(self.dataset, int(self.indices[j]))
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)

@@ -14,7 +14,10 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..data.base import raw_item
+from ..data.transforms import finish_batch
 
 _PURPOSE = {"global": 0, "loader": 1, "views": 2}
 
@@ -46,10 +49,43 @@ def view_generator(seed: int, epoch: int, rank: int, device: torch.device) -> to
     return g
 
 
+class LoaderItems(Dataset):
+    """The items the engine's loaders move: the raw uint8 items of ``dataset`` (:func:`hpelib.data.base.raw_item`)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        return raw_item(self.dataset, index)
+
+
+def batch_inputs(batch, device: torch.device, channels_last: bool = False):
+    """A loader batch -> ``(model input images on device, poses on device)``.
+
+    Raw batches ``(uint8 images, poses, jitter factors)`` are finished on
+    ``device`` after the copy (:func:`hpelib.data.transforms.finish_batch`);
+    batches of finished float images (a data set without ``raw_item``) are
+    only copied.
+    """
+    if len(batch) == 3:
+        images, poses, factors = batch
+        images = finish_batch(images, factors, device, channels_last)
+    else:
+        images, poses = batch
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+    return images, torch.as_tensor(poses).to(device, dtype=torch.float32, non_blocking=True)
+
+
 def make_loader(dataset, batch_size: int, *, shuffle: bool, num_workers: int, device: torch.device,
                 drop_last: bool, generator: torch.Generator | None = None, sampler=None) -> DataLoader:
+    """A DataLoader of ``dataset``'s raw items (:class:`LoaderItems`); finish its batches with :func:`batch_inputs`."""
     return DataLoader(
-        dataset,
+        dataset if isinstance(dataset, LoaderItems) else LoaderItems(dataset),
         batch_size=batch_size,
         shuffle=shuffle if sampler is None else False,
         sampler=sampler,

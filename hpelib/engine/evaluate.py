@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .. import metrics as M
 from ..runs import predictions_frame
 from .config import resolve_device
-from .data import make_loader
+from .data import batch_inputs, make_loader
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,10 +66,8 @@ def predict_dataset(model: nn.Module, dataset, batch_size: int = 64, device="aut
                          drop_last=False)
     preds, trues = [], []
     try:
-        for images, poses in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            images, poses = batch_inputs(batch, device, channels_last)
             out = model.predict(images)
             preds.append(out.detach().float().cpu().numpy().astype(np.float64).reshape(-1, 3))
             trues.append(torch.as_tensor(poses).float().cpu().numpy().astype(np.float64).reshape(-1, 3))

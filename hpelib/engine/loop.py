@@ -67,7 +67,8 @@ from ..signals import SLURM_WARNING, handling
 from . import checkpoint as C
 from . import distributed as D
 from .config import TrainConfig, build_optimizer, build_scheduler
-from .data import derive_seed, remaining_loader, seed_everything, steps_per_epoch, train_loader, view_generator
+from .data import (batch_inputs, derive_seed, remaining_loader, seed_everything, steps_per_epoch, train_loader,
+                   view_generator)
 from .evaluate import predict_dataset, summarize_predictions
 
 EpochCallback = Callable[[dict], None]
@@ -325,9 +326,10 @@ def _train_epoch(fit: _Fit, loader, gen: torch.Generator, epoch: int, resume: Op
                leave=False, unit="step", dynamic_ncols=True)
     t0 = time.perf_counter() - float(partial["time_s"])
     try:
-        for step, (images, poses) in enumerate(loader, start=first):
+        for step, batch in enumerate(loader, start=first):
             if step >= fit.n_steps:
                 break
+            images, poses = batch_inputs(batch, fit.device, fit.channels_last)
             losses = _forward(fit, images, poses, gen)
             values = _loss_values(losses, job.kind)
             _stop_if_nonfinite(fit, values, epoch, step, lr)
@@ -371,11 +373,7 @@ def _stopped(fit: _Fit, where: str) -> None:
 
 
 def _forward(fit: _Fit, images, poses, gen: torch.Generator) -> dict:
-    """The model's losses for one batch (labels hidden when pre-training), under autocast if enabled."""
-    images = images.to(fit.device, non_blocking=True)
-    if fit.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    poses = poses.to(fit.device, dtype=torch.float32, non_blocking=True)
+    """The model's losses for one batch on the device (labels hidden when pre-training), under autocast if enabled."""
     if fit.job.kind == "pretrain":
         poses = torch.full_like(poses, float("nan"))
     with torch.autocast(fit.device.type, dtype=torch.bfloat16, enabled=fit.use_amp):

@@ -10,10 +10,12 @@
    parameters (their gradients are 0), so ``total.backward()`` always works and
    every parameter takes part in the graph (DDP-friendly).
 2. **SSL losses**: every task makes its views from the whole batch
-   (``make_views``); when all views have the same shape they go through the
-   backbone in one concatenated forward pass, otherwise one pass per task; each
-   task's loss is computed on the features of its own views only. The pose
-   head never sees rotated, shuffled or augmented views.
+   (``make_views``) and they go through the backbone in a pass of their own,
+   one pass per task: each task's views are normalised with their own
+   BatchNorm batch statistics, as when the task is trained alone, on any
+   device. (One concatenated pass of all tasks' views was 0.66x as fast on a
+   CPU for five tasks, docs/ENGINE.md.) The pose head never sees rotated,
+   shuffled or augmented views.
 
    **BatchNorm statistics.** When the model has a pose head, the SSL pass
    normalises with its own batch statistics but does **not** update the
@@ -145,14 +147,11 @@ class HMTLModel(nn.Module):
         return out
 
     def _ssl_features(self, views: list, images: torch.Tensor) -> list:
-        """Backbone features of each task's views (one pass when their shapes agree); with a pose head, the
-        views leave the running BatchNorm statistics alone (module doc)."""
+        """Backbone features of each task's views, one pass per task; with a pose head, the views leave the
+        running BatchNorm statistics alone (module doc)."""
         keep_stats = batch_statistics_only(self.backbone) if self.pose_head is not None else nullcontext()
         with keep_stats:
-            if all(v.shape[1:] == views[0].shape[1:] for v in views):
-                sizes = [v.shape[0] for v in views]
-                return list(self.backbone(match_memory_format(torch.cat(views, 0), images)).split(sizes, 0))
-            return [self.backbone(v) for v in views]
+            return [self.backbone(match_memory_format(v, images)) for v in views]
 
 
 def backbone_gradient_norms(model: HMTLModel, images: torch.Tensor, poses: torch.Tensor | None = None,
