@@ -254,6 +254,21 @@ def test_a_damaged_result_is_named_and_trained_again(tiny, damage, problem):
     assert not any("[damaged" in line for line in lines[-8:])
 
 
+def test_refuse_damaged_names_the_run_and_runs_nothing(tiny, capsys):
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0
+    base = tiny["out"] / "baseline/none/lf0.5_s0"
+    (base / "metrics.json").write_text("{not json")
+    tiny["log"].write_text("")
+    capsys.readouterr()
+    assert st.main([str(tiny["yaml"]), "--out", str(tiny["out"]), "--refuse-damaged"]) == 2
+    out, err = capsys.readouterr()
+    assert "DAMAGED baseline/none/lf0.5_s0: " in out and "metrics.json is 9 bytes" in out
+    assert err.startswith("error: 1 finished run(s) under") and "--refuse-damaged" in err and err.count("\n") == 1
+    assert tiny["log"].read_text() == "" and (base / "metrics.json").read_text() == "{not json"  # nothing touched
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0  # without the flag: trained again
+    assert tiny["log"].read_text().split() == ["baseline/none/lf0.5_s0"]
+
+
 def test_non_finite_metrics_are_refused_when_written_and_when_read(tmp_path):
     from hpelib.runs import RunFolder
 

@@ -40,7 +40,7 @@ def _failure_line(rid: str, err: dict, limit: int) -> str:
 
 def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = False, only: list[str] | None = None,
               force: bool = False, report: bool = True, gpus: str | None = None, echo=print,
-              slurm: SlurmOptions | None = None, report_out=None) -> int:
+              slurm: SlurmOptions | None = None, report_out=None, refuse_damaged: bool = False) -> int:
     """Run (or continue) a study; returns the exit status (0: every selected run complete, 130: interrupted).
 
     Each run executes in a child process (``jobs`` at a time, default 1), or,
@@ -50,7 +50,10 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
     on the same folder stops with an error naming the holder. ``report_out``:
     where the report goes (default ``<out>/report``); a finished study on
     storage this process cannot write (a read-only mount) is reported there
-    without touching ``out``.
+    without touching ``out``. A finished run whose files no longer match its
+    record (:func:`~hpelib.study.execute.damage`) is trained again, or, with
+    ``refuse_damaged``, nothing runs: one ``DAMAGED`` line per such run and a
+    :class:`StudyError`.
     """
     if jobs is not None and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise StudyError(f"--jobs must be an integer >= 1, got {jobs!r}")
@@ -85,6 +88,14 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
             state = "complete" if r.run_id in done else "damaged" if problem else "run"
             echo(f"  [{state:8s}] {r.run_id}{dep}" + (f"  ({problem})" if problem else ""))
         return 0
+    if refuse_damaged and not force:
+        damaged = [(r.run_id, problem) for r in runs if (problem := damage(r, out))]
+        for run_id, problem in damaged:
+            echo(f"DAMAGED {run_id}: {problem}")
+        if damaged:
+            raise StudyError(f"{len(damaged)} finished run(s) under {out} no longer match their record (DAMAGED "
+                             "lines above) and --refuse-damaged is set: nothing was run; put the files back, or run "
+                             "without --refuse-damaged to train those runs again")
     with StudyLock(out, study["_file"]) as lock:
         if lock.previous:
             echo(f"note: taking over {out} from a runner that is no longer running "
@@ -399,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="run only ids matching this glob or substring (repeatable); their pre-training runs are added")
     p.add_argument("--force", action="store_true", help="re-run selected runs even when complete")
     p.add_argument("--no-report", action="store_true", help="do not build <out>/report at the end")
+    p.add_argument("--refuse-damaged", action="store_true",
+                   help="stop (exit 2, nothing run) when a finished run's files no longer match its record, instead "
+                        "of training it again")
     p.add_argument("--gpus", help="comma-separated GPU ids to share among --jobs workers (default: all visible)")
     p.add_argument("--report-out", metavar="DIR", help="write the report here instead of <out>/report (a finished "
                    "study on read-only storage is reported without writing into --out)")
@@ -434,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         **{f.name: getattr(a, f"slurm_{f.name}") for f in dataclasses.fields(SlurmOptions)})
     try:
         return run_study(a.study, a.out, jobs=a.jobs, dry_run=a.dry_run, only=a.only, force=a.force,
-                         report=not a.no_report, gpus=a.gpus, slurm=options, report_out=a.report_out)
+                         report=not a.no_report, gpus=a.gpus, slurm=options, report_out=a.report_out,
+                         refuse_damaged=a.refuse_damaged)
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
