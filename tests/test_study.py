@@ -645,13 +645,18 @@ def test_an_unusable_out_is_one_line_and_exit_2_in_dry_run_too(tiny, tmp_path, c
     assert tiny["log"].read_text() == ""  # nothing ran
 
 
+def _reportable_notebook(tiny) -> None:
+    """The tiny study's train notebook writing every metric the report reads (one row per run, no predictions)."""
+    full = '(out / "metrics.json").write_text(json.dumps({"yaw": 2.0, "pitch": 3.0, "roll": 4.0, "mae": 3.0, ' \
+           '"geodesic": 5.0, "n": 1, "train_time_s": 5.0}))\n'
+    no_predictions = TRAIN_NB.split("# one prediction per fold")[0]  # (no error-vs-angle bins)
+    _notebook(tiny["yaml"].parent / "nb" / "train.ipynb", 'spec = {}\nout_dir = "."', no_predictions + full)
+
+
 def test_a_finished_study_on_read_only_storage_is_reported_elsewhere_without_a_lock(tiny, tmp_path, monkeypatch):
     from hpelib.study import runner
 
-    full = '(out / "metrics.json").write_text(json.dumps({"yaw": 2.0, "pitch": 3.0, "roll": 4.0, "mae": 3.0, ' \
-           '"geodesic": 5.0, "n": 1, "train_time_s": 5.0}))\n'  # what the report reads
-    no_predictions = TRAIN_NB.split("# one prediction per fold")[0]  # (one row per run: no error-vs-angle bins)
-    _notebook(tiny["yaml"].parent / "nb" / "train.ipynb", 'spec = {}\nout_dir = "."', no_predictions + full)
+    _reportable_notebook(tiny)
     assert st.run_study(tiny["yaml"], tiny["out"]) == 0
     before = sorted(p.relative_to(tiny["out"]).as_posix() for p in tiny["out"].rglob("*"))
     out = tiny["out"].resolve()
@@ -667,6 +672,50 @@ def test_a_finished_study_on_read_only_storage_is_reported_elsewhere_without_a_l
     (tiny["out"] / "baseline/none/lf0.5_s0/metrics.json").unlink()  # not finished: it would have to run
     with pytest.raises(st.StudyError, match=r"--out .* cannot be written"):
         st.run_study(tiny["yaml"], tiny["out"], report_out=tmp_path / "elsewhere")
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    """``mount(folder) -> mountpoint``: a real read-only bind mount of ``folder`` (root only), unmounted afterwards."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    mounted = []
+
+    def mount(folder: Path) -> Path:
+        point = tmp_path / f"ro{len(mounted)}"
+        point.mkdir()
+        for cmd in (["mount", "--bind", str(folder), str(point)], ["mount", "-o", "remount,bind,ro", str(point)]):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                if mounted or cmd[1] == "-o":
+                    subprocess.run(["umount", str(point)], capture_output=True)
+                pytest.skip(f"cannot make a read-only bind mount here: {done.stderr.strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], capture_output=True)
+
+
+def test_a_study_on_a_real_read_only_mount_dry_runs_complete_and_reports_elsewhere(tiny, tmp_path, read_only_mount):
+    _reportable_notebook(tiny)
+    assert st.run_study(tiny["yaml"], tiny["out"], report=False) == 0
+    ro = read_only_mount(tiny["out"])
+    with pytest.raises(OSError):
+        (ro / "probe").write_text("")  # really read-only
+    lines = []
+    with pytest.raises(st.StudyError, match=r"--out .* cannot be written"):
+        st.run_study(tiny["yaml"], ro, dry_run=True)  # --dry-run checks that --out can be written
+    assert st.run_study(tiny["yaml"], ro, dry_run=True, report_out=tmp_path / "report", echo=lines.append) == 0
+    assert "every run is complete" in lines[0] and "cannot be written" in lines[0], lines
+    tiny["log"].write_text("")
+    assert st.run_study(tiny["yaml"], ro, report_out=tmp_path / "report", echo=lines.append) == 0
+    assert (tmp_path / "report" / "results.csv").is_file() and tiny["log"].read_text() == ""  # nothing retrained
+    with pytest.raises(st.StudyError, match=r"--out .* cannot be written"):
+        st.run_study(tiny["yaml"], ro)  # without --report-out: one line
 
 
 def test_a_cache_folder_that_cannot_be_written_is_refused_before_anything_runs(tiny, tmp_path, capsys):
