@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import DataError
+from .transforms import to_chw
 
 __all__ = [
     "LP300W_FACTORS",
@@ -195,7 +196,7 @@ def crop_resize_chw(image: np.ndarray, box, size: int) -> torch.Tensor:
     x0, y0, x1, y1 = (int(round(float(v))) for v in box)
     x0, y0 = min(max(x0, 0), w - 1), min(max(y0, 0), h - 1)
     x1, y1 = min(max(x1, x0 + 1), w), min(max(y1, y0 + 1), h)
-    crop = torch.from_numpy(np.array(image[y0:y1, x0:x1], dtype=np.uint8, copy=True)).permute(2, 0, 1)
+    crop = to_chw(image[y0:y1, x0:x1])
     if crop.shape[1:] == (size, size):
         return crop
     return F.interpolate(crop[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
