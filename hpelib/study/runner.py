@@ -88,14 +88,6 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
             state = "complete" if r.run_id in done else "damaged" if problem else "run"
             echo(f"  [{state:8s}] {r.run_id}{dep}" + (f"  ({problem})" if problem else ""))
         return 0
-    if refuse_damaged and not force:
-        damaged = [(r.run_id, problem) for r in runs if (problem := damage(r, out))]
-        for run_id, problem in damaged:
-            echo(f"DAMAGED {run_id}: {problem}")
-        if damaged:
-            raise StudyError(f"{len(damaged)} finished run(s) under {out} no longer match their record (DAMAGED "
-                             "lines above) and --refuse-damaged is set: nothing was run; put the files back, or run "
-                             "without --refuse-damaged to train those runs again")
     with StudyLock(out, study["_file"]) as lock:
         if lock.previous:
             echo(f"note: taking over {out} from a runner that is no longer running "
@@ -106,7 +98,7 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
             slots, executor = jobs or len(runs), SubmititExecutor(out, slurm, study.get("timeout_s"))
         try:
             with stop_on_signals():
-                status = _execute(study, out, runs, executor, slots, force, echo)
+                status = _execute(study, out, runs, executor, slots, force, echo, refuse_damaged)
         except KeyboardInterrupt as e:
             summary = read_json(out / "study_summary.json")["runs"]
             complete = sum(s["status"] in DONE for s in summary.values())
@@ -207,7 +199,8 @@ class _Refused:
         pass
 
 
-def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool, echo=print) -> dict:
+def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool, echo=print,
+             refuse_damaged: bool = False) -> dict:
     """Run what is not complete, ``jobs`` at a time; pool k-fold settings; returns each run's status.
 
     Writes the summary files. A run whose job an earlier runner submitted is
@@ -216,10 +209,16 @@ def _execute(study: dict, out: Path, runs, executor, jobs: int, force: bool, ech
     from tqdm.auto import tqdm
 
     done = {r.run_id for r in runs if not force and is_complete(r, out)}
+    damaged = 0
     for r in runs:
         problem = None if force or r.run_id in done else damage(r, out)  # a complete run was checked just now
         if problem:
-            echo(f"DAMAGED {r.run_id}: {problem}; training it again")
+            damaged += 1
+            echo(f"DAMAGED {r.run_id}: {problem}" + ("" if refuse_damaged else "; training it again"))
+    if damaged and refuse_damaged:
+        raise StudyError(f"{damaged} finished run(s) under {out} no longer match their record (DAMAGED lines "
+                         "above) and --refuse-damaged is set: nothing was run; put the files back, or run without "
+                         "--refuse-damaged to train those runs again")
     for r in runs:
         if r.run_id in done and finished_unobserved(r, out):
             write_meta(r, out, complete=True)
