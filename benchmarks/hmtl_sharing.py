@@ -59,28 +59,23 @@ class SeparatePasses(nn.Module):
         m = self.model
         out = {"pose": m.pose_head.loss(m.pose_head(m.backbone(images)), poses.float()).float()}
         total = m.pose_weight * out["pose"]
-        for name, task in m.ssl.items():
-            views, targets = task.make_views(images, generator)
-            out[name] = task.loss(m.backbone(views), targets).float()
+        made = [task.make_views(images, generator) for task in m.ssl.values()]
+        for (name, task), f, (_, targets) in zip(m.ssl.items(), self.features([v for v, _ in made]), made):
+            out[name] = task.loss(f, targets).float()
             total = total + m.ssl_weights[name] * out[name]
         out["total"] = total
         return out
+
+    def features(self, views: list) -> list:
+        """Backbone features of each task's views: one pass per task."""
+        return [self.model.backbone(v) for v in views]
 
 
 class JointPass(SeparatePasses):
     """The HMTL losses with the views of all tasks concatenated into one backbone pass (they share a shape)."""
 
-    def losses(self, images, poses, generator=None) -> dict:
-        m = self.model
-        out = {"pose": m.pose_head.loss(m.pose_head(m.backbone(images)), poses.float()).float()}
-        total = m.pose_weight * out["pose"]
-        made = [task.make_views(images, generator) for task in m.ssl.values()]
-        feats = m.backbone(torch.cat([v for v, _ in made], 0)).split([len(v) for v, _ in made], 0)
-        for (name, task), f, (_, targets) in zip(m.ssl.items(), feats, made):
-            out[name] = task.loss(f, targets).float()
-            total = total + m.ssl_weights[name] * out[name]
-        out["total"] = total
-        return out
+    def features(self, views: list) -> list:
+        return list(self.model.backbone(torch.cat(views, 0)).split([len(v) for v in views], 0))
 
 
 def loss_gap(a, b, images, poses, train: bool, seed: int = 0) -> float:
