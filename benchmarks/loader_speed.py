@@ -55,7 +55,7 @@ import hpelib.data.base as data_base
 from hpelib.angles import flip_pose
 from hpelib.data import IMAGENET_MEAN, IMAGENET_STD, TrainPreset, build_dataset
 from hpelib.data.crops import crop_resize, crop_resize_chw
-from hpelib.data.transforms import finish_batch
+from hpelib.data.transforms import finish_batch, to_chw
 from hpelib.engine import TrainConfig
 from hpelib.engine.data import make_loader, train_loader
 
@@ -250,22 +250,25 @@ def print_transport(size: int, n: int, args) -> None:
           + ", ".join(f"{name} {r:.0f}" for name, r in rates.items()))
 
 
-def resize_difference(ds, n: int = 64) -> dict[str, float]:
-    """|hpelib's training image - Pillow's resize of the same sub-pixel square| over ``n`` items, in 1/255 units.
+def resize_differences(ds, n: int | None = None) -> torch.Tensor:
+    """|hpelib's training image - Pillow's resize of the same sub-pixel square| of items ``0..n``, per pixel (0..255).
 
-    The same items (same seed and epoch, so the same squares and flips); the
-    reference image is :func:`hpelib.data.crops.crop_resize` (Pillow,
-    sub-pixel box) of the square, flipped like the item. Mean, 99th
-    percentile and maximum over all pixels.
+    The same items (same seed and epoch, so the same squares); the Pillow
+    image (:func:`hpelib.data.crops.crop_resize` of the square) goes through
+    the preset's own ``finish`` with the item's generator, so it is flipped
+    exactly like the item.
     """
     diffs = []
-    for i in range(min(n, len(ds))):
+    for i in range(len(ds) if n is None else min(n, len(ds))):
         base, square, rng = ds.training_square(i)
-        flipped = rng.random() < 0.5 and ds.preset.flip  # the preset's next draw
-        pillow = torch.from_numpy(np.array(crop_resize(base, square, ds.image_size))).permute(2, 0, 1)
-        pillow = pillow.flip(-1) if flipped else pillow
+        pillow = ds.preset.finish(to_chw(crop_resize(base, square, ds.image_size)), ds.poses[i], rng)[0]
         diffs.append((ds.raw_item(i)[0].int() - pillow.int()).abs().flatten())
-    d = torch.cat(diffs).float()
+    return torch.cat(diffs).float()
+
+
+def resize_difference(ds, n: int = 64) -> dict[str, float]:
+    """Mean, 99th percentile and maximum of :func:`resize_differences` over ``n`` items, in 1/255 units."""
+    d = resize_differences(ds, n)
     return {"mean": float(d.mean()), "p99": float(torch.quantile(d[:1_000_000], 0.99)), "max": float(d.max())}
 
 

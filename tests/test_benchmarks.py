@@ -54,6 +54,21 @@ def test_loader_speed_prints_ratio_table(tiny_folder, tmp_path, capsys):
     assert re.search(r"finish_batch \(jitter \+ normalise\) \d+ us/sample", out), out
 
 
+def test_training_images_stay_within_the_documented_difference_to_pillow(tiny_folder):
+    """torch's resize of the whole-pixel square vs Pillow's resize of the sub-pixel square (docs/ENGINE.md)."""
+    import torch
+
+    from hpelib.data import build_dataset
+
+    ds = build_dataset("aflw2000", root=tiny_folder, train=True, image_size=24, seed=0)
+    diffs = []
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        diffs.append(loader_speed.resize_differences(ds))
+    d = torch.cat(diffs)
+    assert float(d.mean()) <= 2.0 and float(torch.quantile(d, 0.99)) <= 12
+
+
 def test_hmtl_sharing_prints_ratio_table_and_checks_losses(capsys):
     ok = hmtl_sharing.main(["--size", "32", "--batch", "4", "--rounds", "1", "--warmup", "0",
                             "--tasks", "rotation", "simclr"])
