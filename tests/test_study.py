@@ -887,3 +887,70 @@ def test_a_notebook_process_that_died_on_a_full_disk_is_named_so(tiny, monkeypat
     execution.process.wait()
     monkeypatch.setattr(execute, "_free_bytes", lambda folder: 50 << 30)
     assert execution.poll()["error"]["ename"] == "ProcessDied"  # room on the disk: killed
+
+
+SELECT_TRAIN_NB = """
+import json, os, pathlib
+labels, kfold = spec["labels"], spec["kfold"]
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(labels["run"] + "\\n")
+# yaw error of each method: the validation folds and the test folds disagree on the best one
+errors = json.loads(os.environ["FAKE_ERRORS"])["validation" if kfold.get("validation") else "test"]
+err = errors.get(labels["method"], 5.0)
+out = pathlib.Path(out_dir)
+(out / "config.json").write_text(json.dumps(dict(run=labels["run"], scenario=labels["scenario"], kfold=kfold,
+                                                 method=labels["method"], seed=spec["train"]["seed"],
+                                                 label_fraction=spec["label_fraction"], test_set="syn")))
+(out / "predictions.csv").write_text("name,yaw_true,pitch_true,roll_true,yaw_pred,pitch_pred,roll_pred\\n"
+                                     f"img{kfold['fold']},10,0,0,{10 + err},0,0\\n")
+(out / "metrics.json").write_text(json.dumps({"mae": err / 3, "n": 1, "train_time_s": 1.0}))
+"""
+
+
+def test_select_chooses_on_validation_folds_never_on_test_folds(tiny, monkeypatch, capsys):
+    """select: the paired variant is the best on validation folds inside the training folds; the test folds,
+    which say otherwise here, are never read to choose, and its test-fold runs follow in the same command."""
+    _notebook(tiny["yaml"].parent / "nb" / "train.ipynb", 'spec = {}\nout_dir = "."', SELECT_TRAIN_NB)
+    monkeypatch.setenv("FAKE_ERRORS", json.dumps({
+        "validation": {"rotation": 6.0, "jigsaw": 3.0, "jigsaw-aux": 9.0, "rotation-aux": 1.5},
+        "test": {"rotation": 1.0, "jigsaw": 8.0, "jigsaw-aux": 1.0, "rotation-aux": 8.0}}))
+    text = tiny["yaml"].read_text().replace(
+        "  combined: [{pretrain: rotation, aux: {jigsaw: 0.25}}]\n",
+        "  auxiliary: [{aux: jigsaw, method: jigsaw-aux}, {aux: rotation, method: rotation-aux}]\n")
+    tiny["yaml"].write_text(text + "kfold: {k: 2, seed: 7}\nselect:\n  combined: {pretrain: pretrain, aux: auxiliary}\n")
+    study = st.load_study(tiny["yaml"])
+    assert study["select"] == {"combined": {"pretrain": "pretrain", "aux": "auxiliary", "seeds": [0], "validation": 3}}
+    planned = st.expand(study, tiny["out"])
+    twins = [r for r in planned if r.run_id.startswith("select/")]
+    assert len(twins) == 4 * 2 and not any(r.run_id.startswith("combined/") for r in planned)
+    for r in twins:  # same outer fold, k and seed as the test-fold runs; the validation split inside them
+        assert r.spec.kfold.validation == 3 and r.spec.kfold.k == 2 and r.spec.kfold.seed == 7
+    assert {r.deps[0] for r in twins if r.deps} == {"pretrain/rotation_s0", "pretrain/jigsaw_s0"}  # shared
+    assert st.main([str(tiny["yaml"]), "--out", str(tiny["out"]), "--dry-run"]) == 0
+    assert "SELECT combined: chosen once its 8 validation run(s) are complete" in capsys.readouterr().out
+
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0
+    ran = tiny["log"].read_text().split()
+    combined = [r for r in ran if r.startswith("combined/")]
+    assert combined == [f"combined/selected-jigsaw+rotation/lf0.5_s0/.folds/f{i}" for i in range(2)]
+    assert all(ran.index(c) > max(ran.index(t.run_id) for t in twins) for c in combined)
+    record = json.loads((tiny["out"] / "selection.json").read_text())["targets"]["combined"]
+    assert record["chosen"] == "selected-jigsaw+rotation"
+    assert record["candidates"] == {"pretrain": {"rotation": pytest.approx(2.0), "jigsaw": pytest.approx(1.0)},
+                                    "auxiliary": {"jigsaw-aux": pytest.approx(3.0), "rotation-aux": pytest.approx(0.5)}}
+    # a second command plans the chosen runs from the finished validation runs and finds everything complete
+    before = tiny["log"].read_text()
+    assert st.run_study(tiny["yaml"], tiny["out"]) == 0
+    assert tiny["log"].read_text() == before
+
+
+def test_select_errors_name_the_key(tiny):
+    base = tiny["yaml"].read_text()
+    for extra, message in [
+            ("select:\n  combined: {pretrain: pretrain}\n", "select: needs kfold"),
+            ("kfold: {k: 3}\nselect:\n  combined: {pretrain: baseline}\n", "every variant of scenario 'baseline' must pre-train"),
+            ("kfold: {k: 3}\nselect:\n  combined: {aux: nowhere}\n", "'nowhere' is not another scenario"),
+            ("kfold: {k: 3}\nselect:\n  combined: {prertain: pretrain}\n", "prertain")]:
+        tiny["yaml"].write_text(base + extra)
+        with pytest.raises(st.StudyError, match=message):
+            st.load_study(tiny["yaml"])

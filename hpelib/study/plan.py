@@ -23,7 +23,7 @@ from ..runs import RunFolder, pretrain_run_id, run_id
 from ..spec import RunSpec
 from .schema import StudyError, abs_path
 
-__all__ = ["Run", "expand", "select", "BACKBONE_KEYS"]
+__all__ = ["Run", "expand", "select", "validation_kfold", "BACKBONE_KEYS", "SELECT_PREFIX"]
 
 #: model settings that shape the backbone of an SSL pre-training run (the rest concern the pose head)
 BACKBONE_KEYS = ("backbone", "stem")
@@ -91,52 +91,47 @@ def _init(model: dict) -> str:
     return abs_path(init) if is_checkpoint_init(init) else init
 
 
-def expand(study: dict, out) -> list[Run]:
-    """Expand a loaded study into runs, in execution order (pre-training before its fine-tunes)."""
+#: prefix of the run ids of the validation runs that choose a ``select:`` variant (``select/<scenario>/...``)
+SELECT_PREFIX = "select/"
+
+
+def expand(study: dict, out, chosen: dict | None = None) -> list[Run]:
+    """Expand a loaded study into runs, in execution order (pre-training before its fine-tunes).
+
+    A study with ``select:`` also gets the validation runs of each candidate
+    (``select/<source scenario>/<method>/...``: trained on part of the training
+    folds of each outer fold, tested on the rest, :func:`validation_kfold`);
+    ``chosen`` (``{target scenario: variant}``, from
+    :func:`hpelib.study.selection.choose`) adds the chosen variants, once known.
+    """
     out = Path(out).resolve()
-    nb_dir = Path(study["notebooks"])
     pre_runs: dict[str, Run] = {}
     train_runs: list[Run] = []
     problems: dict[str, list[str]] = {}
-    kfold = study.get("kfold")
     study["_skipped"] = {}  # optional variants that cannot run here: {scenario/method: why}
-    for scenario, sc in study["scenarios"].items():
-        for v in sc["variants"]:
-            model = {**study["model"], **sc["model"], **v["model"]}
-            missing = _unavailable(model)
-            if v["optional"] and missing:
-                study["_skipped"][f"{scenario}/{v['method']}"] = missing
-                continue
-            for fr in sc["label_fractions"]:
-                tcfg = {**study["train"], **fr["train"], **sc["train"], **v["train"]}
-                for seed in fr["seeds"]:
-                    deps, init = [], _init(model)
-                    if v["pretrain"]:
-                        pre_seed = seed if study.get("pretrain_seed") is None else study["pretrain_seed"]
-                        pre = _pretrain_run(study, v["pretrain"], v["pretrain_train"], pre_seed, model, nb_dir,
-                                            pre_runs, problems)
-                        deps, init = [pre.run_id], str(RunFolder(pre.folder(out)).model)
-                    ssl_tasks = {a: {**study["methods"][a], **({} if w is None else {"weight": float(w)})}
-                                 for a, w in v["aux"].items()}
-                    for task in ssl_tasks.values():
-                        task.setdefault("weight", 1.0)
-                    for fold in range(kfold["k"]) if kfold else [None]:
-                        rid = run_id(scenario, v["method"], fr["fraction"], seed, fold)
-                        spec = _spec({
-                            "kind": "train",
-                            "model": {**model, "init": init, "ssl_tasks": ssl_tasks},
-                            "train": {"progress": False, **tcfg, "seed": seed},
-                            "train_data": {**study["data"]["train"], **v["train_data"]},
-                            "test_data": study["data"]["test"], "label_fraction": fr["fraction"],
-                            "image_size": v["image_size"],
-                            "kfold": {"fold": fold, **kfold} if kfold else None,
-                            "labels": {"run": rid, "scenario": scenario, "method": v["method"],
-                                       "pretrain_method": v["pretrain"], "aux_methods": sorted(v["aux"])},
-                        }, study, rid, problems)
-                        if any(r.run_id == rid for r in train_runs):
-                            raise StudyError(f"{study['_file']}: two runs are both called {rid!r}")
-                        group = None if fold is None else run_id(scenario, v["method"], fr["fraction"], seed)
-                        train_runs.append(Run(rid, spec, nb_dir / "train.ipynb", deps, group=group))
+    plan = [(scenario, sc, v, study.get("kfold")) for scenario, sc in study["scenarios"].items()
+            for v in sc["variants"]]
+    for target, cfg in (study.get("select") or {}).items():
+        for role in ("pretrain", "aux"):
+            if role in cfg:
+                source = study["scenarios"][cfg[role]]
+                fractions = [dict(fr, seeds=cfg["seeds"]) for fr in source["label_fractions"]]
+                plan += [(SELECT_PREFIX + cfg[role], dict(source, label_fractions=fractions), v,
+                          validation_kfold(study["kfold"], cfg["validation"])) for v in source["variants"]]
+        if chosen and target in chosen:
+            sc = study["scenarios"].get(target) or {"label_fractions": study["label_fractions"], "model": {},
+                                                    "train": {}}
+            plan.append((target, sc, chosen[target], study.get("kfold")))
+    for scenario, sc, v, kfold in plan:
+        model = {**study["model"], **sc["model"], **v["model"]}
+        missing = _unavailable(model)
+        if v["optional"] and missing:
+            study["_skipped"][f"{scenario}/{v['method']}"] = missing
+            continue
+        for run in _variant_runs(study, scenario, sc, v, model, kfold, out, pre_runs, problems):
+            if any(r.run_id == run.run_id for r in train_runs):
+                raise StudyError(f"{study['_file']}: two runs are both called {run.run_id!r}")
+            train_runs.append(run)
     _raise_problems(study, problems)
     # longest pre-training first: it is the critical path of a study with a pre-training-budget axis
     runs = sorted(pre_runs.values(), key=lambda r: -r.spec.train.epochs) + train_runs
@@ -148,6 +143,47 @@ def expand(study: dict, out) -> list[Run]:
             parts["imports"] = study["import_digests"]
         r.fingerprint = _fp(parts)
         fingerprints[r.run_id] = r.fingerprint
+    return runs
+
+
+def validation_kfold(kfold: dict, validation: int) -> dict:
+    """The k-fold settings of a validation run inside the training folds of each outer fold of ``kfold``."""
+    return {**kfold, "validation": validation}
+
+
+def _variant_runs(study, scenario, sc, v, model, kfold, out, pre_runs, problems) -> list[Run]:
+    """The fine-tunes of one variant (every label fraction, seed and fold), their pre-training added to
+    ``pre_runs``."""
+    nb_dir = Path(study["notebooks"])
+    runs = []
+    for fr in sc["label_fractions"]:
+        tcfg = {**study["train"], **fr["train"], **sc["train"], **v["train"]}
+        for seed in fr["seeds"]:
+            deps, init = [], _init(model)
+            if v["pretrain"]:
+                pre_seed = seed if study.get("pretrain_seed") is None else study["pretrain_seed"]
+                pre = _pretrain_run(study, v["pretrain"], v["pretrain_train"], pre_seed, model, nb_dir,
+                                    pre_runs, problems)
+                deps, init = [pre.run_id], str(RunFolder(pre.folder(out)).model)
+            ssl_tasks = {a: {**study["methods"][a], **({} if w is None else {"weight": float(w)})}
+                         for a, w in v["aux"].items()}
+            for task in ssl_tasks.values():
+                task.setdefault("weight", 1.0)
+            for fold in range(kfold["k"]) if kfold else [None]:
+                rid = run_id(scenario, v["method"], fr["fraction"], seed, fold)
+                spec = _spec({
+                    "kind": "train",
+                    "model": {**model, "init": init, "ssl_tasks": ssl_tasks},
+                    "train": {"progress": False, **tcfg, "seed": seed},
+                    "train_data": {**study["data"]["train"], **v["train_data"]},
+                    "test_data": study["data"]["test"], "label_fraction": fr["fraction"],
+                    "image_size": v["image_size"],
+                    "kfold": {"fold": fold, **kfold} if kfold else None,
+                    "labels": {"run": rid, "scenario": scenario, "method": v["method"],
+                               "pretrain_method": v["pretrain"], "aux_methods": sorted(v["aux"])},
+                }, study, rid, problems)
+                group = None if fold is None else run_id(scenario, v["method"], fr["fraction"], seed)
+                runs.append(Run(rid, spec, nb_dir / "train.ipynb", deps, group=group))
     return runs
 
 

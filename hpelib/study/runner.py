@@ -16,10 +16,11 @@ from .execute import (RunFolderHeld, damage, error_record, failed_outside_notebo
                       is_complete, prepare_folder, write_meta)
 from .executors import LocalExecutor, SlurmOptions, SubmititExecutor
 from .lock import StudyLock
-from .plan import expand, select
+from .plan import SELECT_PREFIX, select
 from .pool import pool_folds
 from .scheduler import DONE, Scheduler
 from .schema import REPO_ROOT, StudyError, load_study
+from .selection import describe, plan_study, write_selection
 
 __all__ = ["run_study", "main"]
 
@@ -63,9 +64,11 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
     if report_out is not None:
         _check_out(report_out, "--report-out")
     out_problem = output_folder_problem(out)
-    planned = expand(study, out)
+    planned, selection = plan_study(study, out)
     for variant, why in study["_skipped"].items():
         echo(f"SKIPPED {variant} (optional): {why}")
+    for line in describe(selection):
+        echo(line)
     runs = select(planned, only)
     if only and not runs:
         raise StudyError(f"{study['_file']}: no run id matches --only {only} (see --dry-run for the ids)")
@@ -99,6 +102,15 @@ def run_study(study_path, out=None, jobs: int | None = None, dry_run: bool = Fal
         try:
             with stop_on_signals():
                 status = _execute(study, out, runs, executor, slots, force, echo, refuse_damaged)
+                if selection:  # validation runs done now: the chosen variants' runs follow in the same command
+                    pending = any(not rec.get("chosen") for rec in selection.values())
+                    planned, selection = plan_study(study, out)
+                    write_selection(out, selection)
+                    if pending and any(rec.get("chosen") for rec in selection.values()):
+                        for line in describe(selection):
+                            echo(line)
+                        runs = select(planned, only)
+                        status = _execute(study, out, runs, executor, slots, force, echo, refuse_damaged)
         except KeyboardInterrupt as e:
             summary = read_json(out / "study_summary.json")["runs"]
             complete = sum(s["status"] in DONE for s in summary.values())
@@ -149,7 +161,8 @@ def _report(study: dict, out: Path, planned, echo, report_out: Path | None = Non
     """
     settings: dict[str, list] = {}  # a report row's folder -> its runs (the folds of a k-fold setting)
     for r in planned:  # pre-training runs too: the report knows them and leaves them out silently
-        settings.setdefault(r.group or r.run_id, []).append(r)
+        if not r.run_id.startswith(SELECT_PREFIX):  # validation runs of select: (selection.json), not rows
+            settings.setdefault(r.group or r.run_id, []).append(r)
     current = sorted(rid for rid, rs in settings.items() if all(is_complete(r, out) for r in rs))
     stale = sorted(rid for rid in settings if rid not in current and (out / rid / METRICS).is_file())
     if stale:

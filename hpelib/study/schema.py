@@ -46,6 +46,9 @@ TOP_KEYS = {
     "reference_baseline": "the method of the baseline scenario that every Δ is against (default: its plain "
                           "variant, 'none'); the scenario's other variants are rows like any method",
     "timeout_s": "per-cell execution timeout of the notebooks (default: none)",
+    "select": "{scenario: {pretrain: <scenario>, aux: <scenario>, seeds: [...]}}: a variant chosen on validation "
+              "folds inside the training folds (needs kfold): the best pre-training of one scenario with the best "
+              "auxiliary method of another, never chosen on test folds",
     "imports": "Python modules with your own registered SSL tasks, backbones, pose heads or data sets "
                "(the study file's folder is searched first); imported by the runner and by every run",
 }
@@ -54,6 +57,7 @@ SCENARIO_KEYS = {"variants", "label_fractions", "seeds", "model", "train", "desc
 VARIANT_KEYS = {"pretrain", "pretrain_train", "aux", "method", "model", "train", "image_size", "train_data",
                 "optional"}
 KFOLD_KEYS = {"k", "seed", "validation"}
+SELECT_KEYS = {"pretrain", "aux", "seeds", "validation"}
 
 
 class StudyError(ValueError):
@@ -235,8 +239,53 @@ def load_study(path: str | os.PathLike, env: dict[str, str] | None = None, check
         methods = [v["method"] for v in study["scenarios"].get("baseline", {}).get("variants", [])]
         if str(ref) not in methods:
             problems.add("reference_baseline", f"{ref!r} is not a method of the baseline scenario: {methods}")
+    study["select"] = _select(study.get("select"), study, default_seeds, problems)
     problems.raise_if_any()
     return study
+
+
+def _select(select, study: dict, default_seeds: list[int], problems: _Problems) -> dict:
+    """``select``: ``{target scenario: {pretrain: source scenario, aux: source scenario, seeds, validation}}``.
+
+    Each source scenario's variants are the candidates (their pre-training, or their auxiliary methods); they are
+    compared on validation folds inside the training folds (``kfold.validation``), never on the test folds, and
+    the target scenario gets one more variant: the best pre-training with the best auxiliary method(s).
+    """
+    if not select:
+        return {}
+    if not isinstance(select, dict):
+        problems.add("select", f"must be a mapping {{scenario: {{pretrain: <scenario>, aux: <scenario>}}}}, "
+                               f"got {select!r}")
+        return {}
+    if not study.get("kfold") or study["kfold"].get("validation"):
+        problems.add("select", "needs kfold: {k: K} (without validation): the candidates are compared on "
+                               "validation folds inside its training folds")
+    out = {}
+    for target, cfg in select.items():
+        where = f"select.{target}"
+        if not isinstance(cfg, dict):
+            problems.add(where, f"must be a mapping with keys {sorted(SELECT_KEYS)}, got {cfg!r}")
+            continue
+        if not problems.check_keys(cfg, SELECT_KEYS, where):
+            continue
+        sources = {role: str(cfg[role]) for role in ("pretrain", "aux") if cfg.get(role) is not None}
+        if not sources:
+            problems.add(where, "names no source scenario: set pretrain: <scenario> and/or aux: <scenario>")
+        for role, source in sources.items():
+            variants = study["scenarios"].get(source, {}).get("variants")
+            if source == str(target) or not variants:
+                problems.add(where, f"{role}: {source!r} is not another scenario of this study: "
+                                    f"{sorted(study['scenarios'])}")
+            elif role == "pretrain" and not all(v["pretrain"] for v in variants):
+                problems.add(where, f"pretrain: every variant of scenario {source!r} must pre-train")
+            elif role == "aux" and not all(v["aux"] for v in variants):
+                problems.add(where, f"aux: every variant of scenario {source!r} must have an auxiliary method")
+        validation = cfg.get("validation", 3)
+        if not isinstance(validation, int) or isinstance(validation, bool) or validation < 2:
+            problems.add(where, f"validation must be an integer >= 2, got {validation!r}")
+        seeds = _seed_list(cfg["seeds"], where + ".seeds", problems) if "seeds" in cfg else default_seeds[:1]
+        out[str(target)] = {**sources, "seeds": seeds, "validation": validation}
+    return out
 
 
 def _imports(study: dict, path: Path, problems: _Problems) -> None:
