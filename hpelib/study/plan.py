@@ -23,7 +23,7 @@ from ..runs import RunFolder, pretrain_run_id, run_id
 from ..spec import RunSpec
 from .schema import StudyError, abs_path
 
-__all__ = ["Run", "expand", "select", "validation_kfold", "BACKBONE_KEYS", "SELECT_PREFIX"]
+__all__ = ["Run", "expand", "select", "BACKBONE_KEYS", "SELECT_PREFIX"]
 
 #: model settings that shape the backbone of an SSL pre-training run (the rest concern the pose head)
 BACKBONE_KEYS = ("backbone", "stem")
@@ -100,7 +100,7 @@ def expand(study: dict, out, chosen: dict | None = None) -> list[Run]:
 
     A study with ``select:`` also gets the validation runs of each candidate
     (``select/<source scenario>/<method>/...``: trained on part of the training
-    folds of each outer fold, tested on the rest, :func:`validation_kfold`);
+    folds of each outer fold, tested on the rest: ``kfold.validation``);
     ``chosen`` (``{target scenario: variant}``, from
     :func:`hpelib.study.selection.choose`) adds the chosen variants, once known.
     """
@@ -117,7 +117,7 @@ def expand(study: dict, out, chosen: dict | None = None) -> list[Run]:
                 source = study["scenarios"][cfg[role]]
                 fractions = [dict(fr, seeds=cfg["seeds"]) for fr in source["label_fractions"]]
                 plan += [(SELECT_PREFIX + cfg[role], dict(source, label_fractions=fractions), v,
-                          validation_kfold(study["kfold"], cfg["validation"])) for v in source["variants"]]
+                          {**study["kfold"], "validation": cfg["validation"]}) for v in source["variants"]]
         if chosen and target in chosen:
             sc = study["scenarios"].get(target) or {"label_fractions": study["label_fractions"], "model": {},
                                                     "train": {}}
@@ -144,11 +144,6 @@ def expand(study: dict, out, chosen: dict | None = None) -> list[Run]:
         r.fingerprint = _fp(parts)
         fingerprints[r.run_id] = r.fingerprint
     return runs
-
-
-def validation_kfold(kfold: dict, validation: int) -> dict:
-    """The k-fold settings of a validation run inside the training folds of each outer fold of ``kfold``."""
-    return {**kfold, "validation": validation}
 
 
 def _variant_runs(study, scenario, sc, v, model, kfold, out, pre_runs, problems) -> list[Run]:

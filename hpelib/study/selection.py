@@ -94,7 +94,7 @@ def _paired(best: dict) -> dict:
     pre, aux = best.get("pretrain"), best.get("aux")
     both = [v for v in (pre, aux) if v]
     label = method_label(pre["pretrain"] if pre else None, aux["aux"] if aux else (),
-                         (pre["pretrain_train"] or {}).get("epochs") if pre else None)
+                         pre["pretrain_train"].get("epochs") if pre else None)
     return {"pretrain": pre["pretrain"] if pre else None, "pretrain_train": dict(pre["pretrain_train"]) if pre else {},
             "aux": dict(aux["aux"]) if aux else {}, "method": f"selected-{label}",
             "model": {k: v for b in both for k, v in b["model"].items()},
