@@ -28,9 +28,9 @@ __all__ = ["dataset_from_spec", "hpe_datasets", "run_pretraining", "run_hpe", "e
            "constant_prediction_metrics", "demo_results", "demo_model", "training_image_size", "tested_pictures",
            "REAL_FACE_MODEL"]
 
-#: the real-face model that predict.ipynb, docs/PREDICT.md and the README use: studies/aflw.yaml's 16-epoch
+#: the real-face model that predict.ipynb, docs/PREDICT.md and the README use: studies/aflw.yaml's 4-epoch
 #: rotation pre-training + fine-tuning, seed 0, fold 0 (under its results folder)
-REAL_FACE_MODEL = "pretrain/rotation-16ep/lf1_s0/.folds/f0/model.pt"
+REAL_FACE_MODEL = "pretrain/rotation-4ep/lf1_s0/.folds/f0/model.pt"
 
 
 def dataset_from_spec(spec: dict, *, train: bool, **defaults):

@@ -136,7 +136,7 @@ def test_tested_pictures_are_the_files_of_the_runs_test_fold(tmp_path):
 
     import pandas as pd
 
-    run = tmp_path / "pretrain/rotation-16ep/lf1_s0/.folds/f0"
+    run = tmp_path / "pretrain/rotation-4ep/lf1_s0/.folds/f0"
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({
         "kind": "train", "test_set": "aflw2000",

@@ -954,3 +954,29 @@ def test_select_errors_name_the_key(tiny):
         tiny["yaml"].write_text(base + extra)
         with pytest.raises(st.StudyError, match=message):
             st.load_study(tiny["yaml"])
+
+
+def test_aflw_methods_gives_every_method_the_same_recipe_and_budget(tmp_path):
+    """studies/aflw_methods.yaml, the paper's table on real faces: the five SSL methods each as pre-training and as
+    auxiliary loss, one pre-training budget for all (4 passes, one per seed), one fine-tuning recipe for every
+    row but the same-steps control, 3 folds x 3 seeds, and the pairing chosen on validation folds."""
+    study = st.load_study(REPO / "studies" / "aflw_methods.yaml", check_roots=False)
+    runs = [r.spec.to_dict() for r in st.expand(study, tmp_path)]
+    five = {"rotation", "jigsaw", "jigsaw_perm", "simclr", "barlow"}
+    pre = [s for s in runs if s["kind"] == "pretrain"]
+    assert {m for s in pre for m in s["model"]["ssl_tasks"]} == five and len(pre) == 15
+    assert {s["train"]["epochs"] for s in pre} == {4}
+    fine = [s for s in runs if s["kind"] == "train"]
+    by_scenario = lambda name: {s["labels"]["method"] for s in fine if s["labels"]["scenario"] == name}
+    assert by_scenario("pretrain") == five and by_scenario("auxiliary") == five
+    assert {s["labels"]["method"] for s in fine if s["labels"]["scenario"].startswith("select/")} == five
+    recipe = {(s["train"]["epochs"], s["train"]["batch_size"], s["train"]["lr"], s["image_size"])
+              for s in fine if s["labels"]["method"] != "same-steps"}
+    assert recipe == {(100, 32, 0.002, 64)}
+    per_epoch = 656 // 32                                # full batches of a training fold (656-657 faces)
+    steps = 19080 // 64 * 4 + 100 * per_epoch            # pre-training + fine-tuning optimizer steps
+    control = {s["train"]["epochs"] for s in fine if s["labels"]["method"] == "same-steps"}
+    assert control == {round(steps / per_epoch)}
+    tested = [s for s in fine if not s["labels"]["scenario"].startswith("select/")]
+    assert {(s["train"]["seed"], s["kfold"]["fold"]) for s in tested} == {(a, b) for a in range(3) for b in range(3)}
+    assert study["select"]["combined"] == {"pretrain": "pretrain", "aux": "auxiliary", "seeds": [0], "validation": 3}
