@@ -19,7 +19,7 @@ At initialisation by default (what is known before any SSL run); with
 start from it (late in training).
 
     python benchmarks/ssl_pull.py studies/default.yaml --alpha 1 0.001
-    python benchmarks/ssl_pull.py studies/aflw.yaml --checkpoint results/aflw/baseline/none/lf1_s0_f0/model.pt
+    python benchmarks/ssl_pull.py studies/aflw.yaml --checkpoint results/aflw/baseline/none/lf1_s0/.folds/f0/model.pt
 """
 from __future__ import annotations
 
